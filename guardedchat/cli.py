@@ -1,0 +1,214 @@
+"""The `guardedchat` command line: returns an exit code; the only place errors become messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Optional, Sequence
+
+from . import __version__
+from .domains import get_domain, load_all
+from .errors import GuardedChatError
+from .models import cache_dir, download_command, ensure_default_model, load_registry, models_dir
+from .pipeline import FinalEvent, RefusalEvent, TextEvent
+from .progress import ProgressBar, Spinner
+from .runtime import BackendSettings, build_pipeline, get_backend
+
+EXIT_ERROR = 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args) or 0
+    except GuardedChatError as exc:
+        print(f"錯誤：{exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\n已中斷。", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guardedchat",
+        description="GuardedChat: a domain-restricted chatbot that answers in Taiwan Mandarin.")
+    parser.add_argument("--version", action="version", version=f"guardedchat {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    ask = commands.add_parser("ask", help="ask one question and print the guarded answer")
+    _add_domain_and_model(ask)
+    ask.add_argument("question", help="the question (quote it)")
+    ask.add_argument("--json", action="store_true", help="print one JSON record instead of streaming text")
+    ask.set_defaults(handler=cmd_ask)
+
+    chat = commands.add_parser("chat", help="an interactive chat with history (/help inside)")
+    _add_domain_and_model(chat)
+    chat.set_defaults(handler=cmd_chat)
+
+    domains = commands.add_parser("domains", help="list the domains that loaded and those that did not, and why")
+    domains.add_argument("--json", action="store_true", help="print JSON")
+    domains.set_defaults(handler=cmd_domains)
+
+    models = commands.add_parser("models", help="list the model registry and what is on disk")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(handler=cmd_models)
+
+    setup = commands.add_parser("setup", help="assemble and verify the default model (run by `make install`)")
+    setup.set_defaults(handler=cmd_setup)
+    return parser
+
+
+def _add_domain_and_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain", required=True, metavar="ID", help="domain id (see `guardedchat domains`)")
+    parser.add_argument("--model", metavar="NAME|PATH", help="registry name or GGUF file (default: gemma3-270m)")
+    parser.add_argument("--n-ctx", type=int, metavar="N", help="context window in tokens (default 2048)")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for llama.cpp (default: all)")
+    parser.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload to CUDA/Metal (-1 = all)")
+
+
+def _pipeline_for(args, quiet: bool = False):
+    domain = get_domain(args.domain)
+    settings = BackendSettings.from_env(model=args.model, n_ctx=args.n_ctx, n_threads=args.threads,
+                                        n_gpu_layers=args.gpu_layers)
+    backend = get_backend(settings, progress=None if quiet else _assembly_progress())
+    if not quiet and sys.stderr.isatty():
+        with Spinner(f"載入模型 {backend.name}"):
+            backend.info()
+    return build_pipeline(domain, backend)
+
+
+def _assembly_progress():
+    bar: list[ProgressBar] = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            bar.append(ProgressBar("組合預設模型", total))
+        bar[0].advance(done - bar[0].done)
+        if done >= total:
+            bar[0].close()
+
+    return report if sys.stderr.isatty() else None
+
+
+def cmd_ask(args) -> int:
+    pipeline = _pipeline_for(args, quiet=args.json)
+    record = None
+    for event in pipeline.run(args.question):
+        if isinstance(event, FinalEvent):
+            record = event.record
+        elif not args.json and isinstance(event, (TextEvent, RefusalEvent)):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+    if args.json:
+        print(json.dumps(record.to_json(), ensure_ascii=False))
+    else:
+        print()
+    return 0
+
+
+CHAT_HELP = "指令：/clear 清除對話　/exit 離開　/help 說明。回答時按 Ctrl-C 可停止生成。"
+
+
+def cmd_chat(args) -> int:
+    pipeline = _pipeline_for(args)
+    print(f"{pipeline.domain.title}\n{pipeline.domain.greeting}\n{CHAT_HELP}")
+    history: list[dict] = []
+    while True:
+        try:
+            message = input("\n你：")
+        except EOFError:
+            print()
+            return 0
+        command = message.strip()
+        if command in ("/exit", "/quit"):
+            return 0
+        if command == "/clear":
+            history.clear()
+            print("已清除對話。")
+            continue
+        if command == "/help":
+            print(CHAT_HELP)
+            continue
+        answer, refused = _chat_turn(pipeline, message, history)
+        if not refused:
+            history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
+
+
+def _chat_turn(pipeline, message: str, history: list[dict]) -> tuple[str, bool]:
+    cancel = threading.Event()
+    sys.stdout.write("助理：")
+    answer, refused = "", False
+    events = pipeline.run(message, history, cancel)
+    try:
+        for event in events:
+            if isinstance(event, (TextEvent, RefusalEvent)):
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            if isinstance(event, RefusalEvent):
+                refused = True
+            if isinstance(event, FinalEvent):
+                answer = event.record.answer
+    except KeyboardInterrupt:
+        cancel.set()
+        events.close()
+        print("\n（已停止）")
+        return answer, True
+    print()
+    return answer, refused
+
+
+def cmd_domains(args) -> int:
+    report = load_all()
+    if args.json:
+        print(json.dumps({
+            "loaded": [{"id": d.id, "title": d.title, "folder": str(d.folder)} for d in report.loaded.values()],
+            "failed": [{"id": name, "error": str(error)} for name, error in report.failed.items()],
+        }, ensure_ascii=False, indent=2))
+    else:
+        for domain in report.loaded.values():
+            print(f"✓ {domain.id:<12} {domain.title}（{len(domain.examples.in_scope)} 個範例問題）")
+        for name, error in report.failed.items():
+            print(f"✗ {name:<12} 無法載入：{error}")
+        if not report.loaded and not report.failed:
+            print("沒有找到任何領域。修正：建立 domains/<id>/domain.yaml。")
+    return 1 if report.failed else 0
+
+
+def cmd_models(args) -> int:
+    folder = models_dir()
+    rows = []
+    for entry in load_registry(folder):
+        path = cache_dir() / entry.file if entry.url.startswith("pypi:") else folder / entry.file
+        rows.append({"name": entry.name, "file": str(path), "on_disk": path.is_file(),
+                     "size_gb": entry.size_gb, "ram_gb": entry.ram_gb, "licence": entry.licence,
+                     "default": entry.default,
+                     "download": None if entry.url.startswith("pypi:") else download_command(entry, folder)})
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    for row in rows:
+        mark = "✓" if row["on_disk"] else "·"
+        default = "（預設）" if row["default"] else ""
+        print(f"{mark} {row['name']:<18} {row['size_gb']:>5} GB  RAM {row['ram_gb']} GB  {row['licence']}{default}")
+        if not row["on_disk"]:
+            print(f"    下載：{row['download'] or 'make install'}")
+    return 0
+
+
+def cmd_setup(args) -> int:
+    path = ensure_default_model(_assembly_progress())
+    print(f"預設模型已就緒：{path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

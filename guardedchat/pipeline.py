@@ -1,0 +1,191 @@
+"""The turn pipeline: returns a stream of typed events (text, refusal, final record) for one turn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
+
+from .backend import ChatBackend, SamplingSettings
+from .domains import Domain
+from .prompt import Passage, build_prompt
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """Text that is safe to show now."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class RefusalEvent:
+    """The turn was refused; `text` is what the user sees, `reason` a stable machine-readable code."""
+
+    reason: str
+    text: str
+
+
+@dataclass
+class TurnRecord:
+    """Everything about one turn that the CLI's --json, the page's panel and the audit log show."""
+
+    domain: str
+    refused: bool = False
+    reason: Optional[str] = None
+    answer: str = ""
+    sources: list = field(default_factory=list)
+    rails: list = field(default_factory=list)
+    gate: dict = field(default_factory=lambda: {"decision": None, "score": None})
+    model: Optional[str] = None
+    model_called: bool = False
+    stopped: bool = False
+    tokens: dict = field(default_factory=lambda: {"prompt": 0, "completion": 0})
+    timings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FinalEvent:
+    record: TurnRecord
+
+
+Event = Union[TextEvent, RefusalEvent, FinalEvent]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an input check decided: allow, or refuse with a reason and the text to show."""
+
+    allow: bool
+    reason: Optional[str] = None
+    text: str = ""
+    score: Optional[float] = None
+    rail: Optional[str] = None
+
+
+class InputCheck(Protocol):
+    def __call__(self, domain: Domain, history: Sequence[dict], message: str) -> Verdict: ...
+
+
+class StreamStage(Protocol):
+    """Rewrites streamed text (the Taiwan normalizer): push pieces, flush at the end."""
+
+    def push(self, text: str) -> str: ...
+
+    def flush(self) -> str: ...
+
+
+def check_not_empty(domain: Domain, history: Sequence[dict], message: str) -> Verdict:
+    if not message.strip():
+        return Verdict(False, "empty", "請輸入問題。" + domain.greeting, rail="message limits")
+    return Verdict(True)
+
+
+class Pipeline:
+    """One domain's guarded turn: input checks → prompt → streaming generation → stream stages."""
+
+    def __init__(self, domain: Domain, backend: ChatBackend, *,
+                 input_checks: Sequence[InputCheck] = (check_not_empty,),
+                 stream_stages: Sequence[Callable[[], StreamStage]] = (),
+                 retrieve: Optional[Callable[[Domain, Sequence[dict], str], list[Passage]]] = None):
+        self.domain = domain
+        self.backend = backend
+        self.input_checks = list(input_checks)
+        self.stream_stages = list(stream_stages)
+        self.retrieve = retrieve
+
+    def run(self, message: str, history: Sequence[dict] = (),
+            cancel: Optional[threading.Event] = None) -> Iterator[Event]:
+        started = time.perf_counter()
+        record = TurnRecord(domain=self.domain.id)
+        verdict = self._check_input(history, message, record)
+        record.timings["checks_ms"] = _ms_since(started)
+        if not verdict.allow:
+            yield from self._refuse(verdict, record, started)
+            return
+        yield from self._generate(message, history, cancel, record, started)
+
+    def _check_input(self, history, message, record: TurnRecord) -> Verdict:
+        for check in self.input_checks:
+            verdict = check(self.domain, history, message)
+            if verdict.score is not None:
+                record.gate = {"decision": "allow" if verdict.allow else "refuse", "score": verdict.score}
+            if not verdict.allow:
+                return verdict
+        return Verdict(True)
+
+    def _refuse(self, verdict: Verdict, record: TurnRecord, started: float) -> Iterator[Event]:
+        record.refused, record.reason, record.answer = True, verdict.reason, verdict.text
+        if verdict.rail:
+            record.rails.append(verdict.rail)
+        record.timings["total_ms"] = _ms_since(started)
+        yield RefusalEvent(verdict.reason or "refused", verdict.text)
+        yield FinalEvent(record)
+
+    def _generate(self, message, history, cancel, record: TurnRecord, started: float) -> Iterator[Event]:
+        info = self.backend.info()
+        passages = self.retrieve(self.domain, history, message) if self.retrieve else []
+        prompt = build_prompt(self.domain, history, message, chat_template=info.has_chat_template,
+                              count_tokens=self.backend.count_tokens, n_ctx=info.n_ctx, passages=passages)
+        record.model, record.model_called = info.name, True
+        record.sources = [{"number": p.number, "title": p.title} for p in passages]
+        stages = [make() for make in self.stream_stages]
+        pieces: list[str] = []
+        first_token_at = None
+        stream = self.backend.stream(prompt, _sampling(self.domain), cancel)
+        try:
+            for piece in stream:
+                first_token_at = first_token_at or time.perf_counter()
+                record.tokens["completion"] += 1
+                shown = _through(stages, piece)
+                if shown:
+                    pieces.append(shown)
+                    yield TextEvent(shown)
+        finally:
+            stream.close()
+        record.stopped = bool(cancel is not None and cancel.is_set())
+        tail = _flush(stages)
+        if tail:
+            pieces.append(tail)
+            yield TextEvent(tail)
+        record.answer = "".join(pieces).strip()
+        _finish_timings(record, started, first_token_at)
+        yield FinalEvent(record)
+
+
+def _sampling(domain: Domain) -> SamplingSettings:
+    g = domain.generation
+    return SamplingSettings(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
+                            repeat_penalty=g.repeat_penalty)
+
+
+def _through(stages: list[StreamStage], text: str) -> str:
+    for stage in stages:
+        text = stage.push(text)
+    return text
+
+
+def _flush(stages: list[StreamStage]) -> str:
+    # Each stage's flush output still has to pass through the stages after it.
+    text = ""
+    for stage in stages:
+        text = stage.push(text) + stage.flush() if text else stage.flush()
+    return text
+
+
+def _finish_timings(record: TurnRecord, started: float, first_token_at: Optional[float]) -> None:
+    now = time.perf_counter()
+    record.timings["total_ms"] = _ms_since(started)
+    if first_token_at is not None:
+        record.timings["first_token_ms"] = round((first_token_at - started) * 1000, 2)
+        generating = now - first_token_at
+        if generating > 0 and record.tokens["completion"] > 1:
+            record.timings["tokens_per_s"] = round((record.tokens["completion"] - 1) / generating, 2)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
