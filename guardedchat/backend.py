@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,7 @@ class LlamaCppBackend:
             raise ModelLoadError("llama-cpp-python 沒有安裝。修正：執行 `make install`。") from exc
         if self.on_load:
             self.on_load(self)
+        _silence_llama_log()
         try:
             return Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
                          n_gpu_layers=self.n_gpu_layers, seed=self.seed, chat_format=self.chat_format,
@@ -174,6 +176,37 @@ class LlamaCppBackend:
         if isinstance(prompt, ChatPrompt):
             return llm.create_chat_completion(messages=prompt.messages, **common)
         return llm.create_completion(prompt=prompt.text, stop=prompt.stop or None, **common)
+
+
+_log_callback = None
+
+
+def _silence_llama_log() -> None:
+    """Send llama.cpp's own log lines to Python logging (DEBUG), not to the user's terminal.
+
+    verbose=False still lets some warnings through (the SWA cache notice), which would mix into
+    the CLI's output; GUARDEDCHAT_DEBUG=1 prints them again.
+    """
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+    import logging
+
+    import llama_cpp
+
+    log = logging.getLogger("guardedchat.llama_cpp")
+    show = bool(os.environ.get("GUARDEDCHAT_DEBUG"))
+
+    @llama_cpp.llama_log_callback
+    def callback(level, text, user_data):
+        message = text.decode("utf-8", "replace")
+        if show:
+            sys.stderr.write(message)
+        log.debug(message.rstrip())
+
+    _log_callback = callback  # keep a reference: ctypes would free it and llama.cpp would crash
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def _chunk_text(chunk: dict) -> str:

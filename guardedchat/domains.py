@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -92,9 +93,6 @@ class Domain(_Strict):
         return self.folder / self.knowledge
 
 
-FIELD_NAMES = sorted(name for name in Domain.model_fields if name != "folder")
-
-
 def load_domain(folder: Path) -> Domain:
     """Load and validate one domain folder; raise DomainError naming the file, field and fix."""
     path = Path(folder) / DOMAIN_FILE
@@ -149,13 +147,29 @@ def _describe_validation_error(exc: ValidationError) -> str:
 def _describe_field_error(where: str, error: dict) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"欄位 '{where}' 不認得（未知的鍵）。修正：刪除它，或改成正確的名稱；最上層可用的欄位有：{', '.join(FIELD_NAMES)}。"
+        allowed = _allowed_keys(error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1, cutoff=0.6)
+        if close:
+            return f"欄位 '{where}' 不認得（未知的鍵）。修正：是不是要寫 '{close[0]}'？請改名或刪除它。"
+        return f"欄位 '{where}' 不認得（未知的鍵）。修正：刪除它；這一層可用的欄位有：{', '.join(allowed)}。"
     if kind == "missing":
         return f"缺少必填欄位 '{where}'。修正：在 YAML 中加上 {where}:。"
     expected = error.get("msg", "")
     got = error.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
     return f"欄位 '{where}' 的值 {shown[:60]} 不正確：{expected}。修正：改成正確型別或範圍的值。"
+
+
+def _allowed_keys(parent: tuple) -> list[str]:
+    """Field names valid at this place in the YAML, for typo suggestions."""
+    model = Domain
+    for part in parent:
+        field_info = model.model_fields.get(str(part))
+        annotation = getattr(field_info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(name for name in model.model_fields if name != "folder")
 
 
 @dataclass

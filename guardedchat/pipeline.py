@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
-from .backend import ChatBackend, SamplingSettings
+from .backend import ChatBackend, CompletionPrompt, SamplingSettings
 from .domains import Domain
 from .prompt import Passage, build_prompt
 
@@ -132,6 +132,7 @@ class Pipeline:
         prompt = build_prompt(self.domain, history, message, chat_template=info.has_chat_template,
                               count_tokens=self.backend.count_tokens, n_ctx=info.n_ctx, passages=passages)
         record.model, record.model_called = info.name, True
+        record.tokens["prompt"] = self.backend.count_tokens(_prompt_text(prompt))
         record.sources = [{"number": p.number, "title": p.title} for p in passages]
         stages = [make() for make in self.stream_stages]
         pieces: list[str] = []
@@ -155,6 +156,12 @@ class Pipeline:
         record.answer = "".join(pieces).strip()
         _finish_timings(record, started, first_token_at)
         yield FinalEvent(record)
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, CompletionPrompt):
+        return prompt.text
+    return "\n".join(message["content"] for message in prompt.messages)
 
 
 def _sampling(domain: Domain) -> SamplingSettings:
