@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import threading
@@ -10,7 +11,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .domains import get_domain, load_all
-from .errors import GuardedChatError
+from .errors import GuardedChatError, InputError
 from .models import cache_dir, download_command, ensure_default_model, load_registry, models_dir
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .progress import ProgressBar, Spinner
@@ -61,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the model registry and what is on disk")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(handler=cmd_models)
+
+    normalize = commands.add_parser("normalize", help="rewrite stdin to Taiwan usage, one line out per line in")
+    normalize.add_argument("--chunk", type=int, metavar="N", help="feed each line to the streaming normalizer N characters at a time")
+    normalize.add_argument("--domain", metavar="ID", help="add this domain's vocabulary keep/replace lists")
+    normalize.set_defaults(handler=cmd_normalize)
+
+    evaluate = commands.add_parser("eval", help="run an evaluation case file (JSONL)")
+    kinds = evaluate.add_subparsers(title="kinds", metavar="KIND")
+    taiwan = kinds.add_parser("taiwan", help="Taiwan vocabulary cases: {id, input, expect: [...]}")
+    taiwan.add_argument("cases", help="JSONL case file")
+    taiwan.add_argument("--json", action="store_true", help="print the JSON report (default: a summary table)")
+    taiwan.add_argument("--baseline", action="store_true", help="also score plain OpenCC s2twp on the same cases")
+    taiwan.set_defaults(handler=cmd_eval_taiwan)
 
     setup = commands.add_parser("setup", help="assemble and verify the default model (run by `make install`)")
     setup.set_defaults(handler=cmd_setup)
@@ -202,6 +216,52 @@ def cmd_models(args) -> int:
         if not row["on_disk"]:
             print(f"    下載：{row['download'] or 'make install'}")
     return 0
+
+
+def cmd_normalize(args) -> int:
+    from .taiwan import for_domain, normalizer_for
+
+    if args.chunk is not None and args.chunk < 1:
+        raise InputError(f"--chunk 必須是正整數（收到 {args.chunk}）。修正：例如 --chunk 4。")
+    normalizer = for_domain(get_domain(args.domain)) if args.domain else normalizer_for()
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="\n")
+    for line in stdin:
+        text = line[:-1] if line.endswith("\n") else line
+        sys.stdout.write(_normalize_line(normalizer, text, args.chunk).replace("\n", " ") + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _normalize_line(normalizer, text: str, chunk: Optional[int]) -> str:
+    if chunk is None:
+        return normalizer.convert(text)
+    stream = normalizer.stream()
+    pieces = [stream.push(text[i:i + chunk]) for i in range(0, len(text), chunk)]
+    return "".join(pieces) + stream.flush()
+
+
+def cmd_eval_taiwan(args) -> int:
+    from .evaluate import evaluate_taiwan
+    from .taiwan import normalizer_for, plain_s2twp
+
+    report = evaluate_taiwan(args.cases, normalizer_for(), plain_s2twp() if args.baseline else None)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    summary = report["summary"]
+    print(f"cases {summary['cases']}  exact match {summary['exact_match']:.2%}  "
+          f"already-Taiwan unchanged {_pct(summary['already_taiwan_unchanged'])}")
+    if "baseline_s2twp" in summary:
+        base = summary["baseline_s2twp"]
+        print(f"plain s2twp: exact match {base['exact_match']:.2%}  already-Taiwan unchanged {_pct(base['already_taiwan_unchanged'])}")
+    for row in report["cases"]:
+        if not row["ok"]:
+            print(f"✗ {row['id']}: {row['input']!r} → {row['got']!r}（預期 {row['expect'][0]!r}）")
+    return 0
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
 
 
 def cmd_setup(args) -> int:

@@ -11,6 +11,7 @@ from .backend import LlamaCppBackend
 from .domains import Domain
 from .models import resolve_model
 from .pipeline import Pipeline, check_not_empty
+from .taiwan import for_domain
 
 
 @dataclass(frozen=True)
@@ -52,4 +53,5 @@ def get_backend(settings: BackendSettings, progress: Optional[Callable[[int, int
 
 def build_pipeline(domain: Domain, backend) -> Pipeline:
     """The full guarded pipeline for a domain (stages are added here as they land)."""
-    return Pipeline(domain, backend, input_checks=[check_not_empty])
+    normalizer = for_domain(domain)
+    return Pipeline(domain, backend, input_checks=[check_not_empty], stream_stages=[normalizer.stream])

@@ -58,8 +58,8 @@ def domains_copy(tmp_path):
     return target
 
 
-def run_cli(*args, env=None, timeout=300, cwd=None):
+def run_cli(*args, env=None, timeout=300, cwd=None, input_text=None):
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=cwd or ROOT)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, encoding="utf-8",
+                          env=full_env, cwd=cwd or ROOT, input=input_text)

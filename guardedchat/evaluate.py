@@ -1,0 +1,71 @@
+"""Evaluation runners: return {"summary": {...}, "cases": [...]} for a JSONL case file."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .errors import InputError
+
+
+def read_cases(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Read a JSONL case file; a bad line is reported by number, not skipped silently."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise InputError(f"找不到評測檔 {path}。修正：確認路徑，格式見 ../shared/eval-samples/。") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} 不是 UTF-8 文字檔。修正：以 UTF-8 儲存，每行一個 JSON 物件。") from exc
+    cases = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} 第 {number} 行不是合法的 JSON（{exc.msg}）。修正：每行一個 JSON 物件。") from exc
+        missing = [key for key in required if not isinstance(case, dict) or key not in case]
+        if missing:
+            raise InputError(f"{path} 第 {number} 行缺少欄位 {', '.join(missing)}。修正：每個案例都要有 {', '.join(required)}。")
+        cases.append(case)
+    return cases
+
+
+def evaluate_taiwan(path: Path, normalizer, baseline=None) -> dict:
+    """Exact match of the normalizer (and optionally plain OpenCC s2twp) against the expected outputs."""
+    results = []
+    for case in read_cases(path, ("id", "input", "expect")):
+        expect = case["expect"] if isinstance(case["expect"], list) else [case["expect"]]
+        got = normalizer.convert(case["input"])
+        row = {"id": case["id"], "category": case.get("category"), "input": case["input"],
+               "expect": expect, "got": got, "ok": got in expect}
+        if baseline is not None:
+            row["baseline_got"] = baseline(case["input"])
+            row["baseline_ok"] = row["baseline_got"] in expect
+        results.append(row)
+    return {"summary": _taiwan_summary(results, baseline is not None), "cases": results}
+
+
+def _taiwan_summary(results: list[dict], with_baseline: bool) -> dict:
+    def rate(rows, key="ok"):
+        return round(sum(r[key] for r in rows) / len(rows), 4) if rows else None
+
+    by_category = defaultdict(list)
+    for row in results:
+        by_category[row["category"] or "uncategorized"].append(row)
+    unchanged = [r for r in results if r["expect"] == [r["input"]]]
+    summary = {
+        "cases": len(results),
+        "exact_match": rate(results),
+        "already_taiwan_unchanged": rate(unchanged),
+        "by_category": {name: {"cases": len(rows), "exact_match": rate(rows)} for name, rows in sorted(by_category.items())},
+    }
+    if with_baseline:
+        summary["baseline_s2twp"] = {
+            "exact_match": rate(results, "baseline_ok"),
+            "already_taiwan_unchanged": rate(unchanged, "baseline_ok"),
+            "by_category": {name: rate(rows, "baseline_ok") for name, rows in sorted(by_category.items())},
+        }
+    return summary

@@ -1,0 +1,401 @@
+"""Taiwan vocabulary: returns text rewritten to Taiwan usage, in batch or as a stream.
+
+How it avoids plain OpenCC's damage:
+- Only text that contains simplified-only characters (not in Big5) gets a simplified→traditional
+  character mapping; Taiwan text (台, 干擾, 里長, 于, 范, 岳陽) never goes through one.
+- Vocabulary (軟件→軟體) is converted by OpenCC's Taiwan phrase dictionary *plus* our curated
+  override list (data/taiwan_vocab.yaml) and the domain's own keep/replace lists, loaded as an OpenCC
+  text dictionary in front of it, so 法律程序, 服務窗口, 電視頻道 match as longer phrases and stay.
+- Code (fenced and inline), URLs and file paths pass through untouched.
+- Text is cut only at whitespace and punctuation (no dictionary key contains either), which is why
+  the streaming output equals the batch output for any chunking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import yaml
+
+from .models import cache_dir
+
+# Whitespace, CJK punctuation and the ASCII punctuation that never occurs inside a URL's host part.
+BOUNDARY_CHARS = (" \t\r\n\f\v\u3000，。、；：？！「」『』（）《》〈〉【】〔〕…—～·．！＂＇,;!?()[]{}\"'<>"
+                  "\u00a0\u2018\u2019\u201c\u201d\ufe50\ufe51\ufe52")
+_BOUNDARY_SET = frozenset(BOUNDARY_CHARS)
+_BOUNDARY_SPLIT = re.compile("([" + re.escape(BOUNDARY_CHARS) + "]+)")
+_PATH_PART = r"(?:[^/\\\s]+(?=[/\\])|[A-Za-z0-9_.\-]+)"  # a CJK component needs a separator after it
+_URL_OR_PATH = re.compile(
+    r"(?:https?://|ftp://|www\.)\S+"  # URLs run to the next boundary (the run has none)
+    rf"|(?:^|(?<![A-Za-z0-9_.])(?:~|\.{{1,2}}|[A-Za-z]:))[/\\]{_PATH_PART}(?:[/\\]{_PATH_PART})*[/\\]?"
+    # a path glued to the text before it (請執行/usr/bin/gcc) must start with an ASCII component
+    rf"|(?<![A-Za-z0-9_.])[/\\][A-Za-z0-9_.\-]+(?:[/\\]{_PATH_PART})*[/\\]?",
+    re.IGNORECASE)
+_MAYBE_SPECIAL = re.compile(r"[/\\]|www\.", re.IGNORECASE)
+
+# Traditional text from OpenCC's s2t is "OpenCC standard"; these are the forms Taiwan writes. Only
+# characters that never appear in Taiwan text are listed, so applying the map to Taiwan text is safe.
+SAFE_VARIANTS = str.maketrans({"裏": "裡", "着": "著", "爲": "為", "衆": "眾", "羣": "群", "峯": "峰",
+                               "僞": "偽", "啓": "啟", "綫": "線", "牀": "床", "麪": "麵", "竈": "灶",
+                               "纔": "才", "脣": "唇", "擡": "抬", "嫺": "嫻", "鉢": "缽", "衞": "衛",
+                               "説": "說", "悦": "悅", "綉": "繡", "鷄": "雞", "囘": "回", "眞": "真"})
+# After s2t on simplified text: Taiwan keeps 台 (台灣, 台北) where OpenCC writes 臺.
+SIMPLIFIED_FIXES = str.maketrans({"臺": "台"})
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Extra keep/replace entries (a domain's), on top of the curated list."""
+
+    keep: tuple[str, ...] = ()
+    replace: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, keep: Iterable[str] = (), replace: Optional[Mapping[str, str]] = None) -> "Vocabulary":
+        return cls(tuple(sorted(set(keep))), tuple(sorted((replace or {}).items())))
+
+
+@lru_cache(maxsize=1)
+def curated_vocabulary() -> dict:
+    """The project's override list: replace, keep and simplified_replace entries (see the YAML's header)."""
+    text = files("guardedchat.data").joinpath("taiwan_vocab.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _opencc(config: str):
+    import opencc
+
+    return opencc.OpenCC(config)
+
+
+def _opencc_data_dir() -> Path:
+    import opencc
+
+    return Path(opencc.__file__).resolve().parent / "clib" / "share" / "opencc"
+
+
+class _Converters:
+    """OpenCC converters and character sets, built once per vocabulary (converters are thread-safe)."""
+
+    def __init__(self, vocabulary: Vocabulary):
+        self.s2t = _opencc("s2t")
+        self.t2tw = _opencc("t2tw")
+        self.vocab = _opencc(str(_write_vocab_config(_dictionary_entries(vocabulary))))
+        self.vocab_simplified = _opencc(str(_write_vocab_config(_dictionary_entries(vocabulary, simplified=True))))
+        self.simplified_only, self.traditional_only, self.ambiguous = _character_classes()
+
+
+def _dictionary_entries(vocabulary: Vocabulary, simplified: bool = False) -> dict[str, str]:
+    """Our dictionary: curated replace and keep entries, then the domain's, which win on conflict."""
+    curated = curated_vocabulary()
+    entries = {item[0]: item[1] for item in curated["replace"]}
+    entries.update({item[0]: item[0] for item in curated["keep"]})
+    if simplified:
+        entries.update({item[0]: item[1] for item in curated["simplified_replace"]})
+    entries.update(dict(vocabulary.replace))
+    entries.update({phrase: phrase for phrase in vocabulary.keep})
+    return {k: v for k, v in entries.items() if k and not (_BOUNDARY_SET & set(k))}
+
+
+def _write_vocab_config(entries: dict[str, str]) -> Path:
+    """An OpenCC config: our text dictionary first, then OpenCC's Taiwan phrases (no character map)."""
+    body = "".join(f"{k}\t{v}\n" for k, v in sorted(entries.items()))
+    data = _opencc_data_dir()
+    digest = hashlib.sha256((body + str(data)).encode("utf-8")).hexdigest()[:16]
+    folder = cache_dir() / "opencc"
+    folder.mkdir(parents=True, exist_ok=True)
+    dictionary = folder / f"vocab-{digest}.txt"
+    config = folder / f"vocab-{digest}.json"
+    if not config.exists():
+        dictionary.write_text(body, encoding="utf-8")
+        ours = {"type": "text", "file": str(dictionary)}
+        theirs = {"type": "ocd2", "file": str(data / "TWPhrases.ocd2")}
+        spec = {
+            "name": "GuardedChat Taiwan vocabulary",
+            "segmentation": {"type": "mmseg",
+                             "dict": {"type": "group", "match_policy": "union", "dicts": [ours, theirs]}},
+            # union: the longest match wins; on a tie the first dictionary (ours) wins.
+            "conversion_chain": [{"dict": {"type": "group", "match_policy": "union", "dicts": [ours, theirs]}}],
+        }
+        partial = config.with_suffix(".partial")
+        partial.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        partial.replace(config)
+    return config
+
+
+@lru_cache(maxsize=1)
+def _character_classes() -> tuple[re.Pattern, re.Pattern, re.Pattern]:
+    """Regexes for characters only simplified text uses, only traditional text uses, and both use.
+
+    A character OpenCC would convert but that Big5 can encode (台, 干, 里, 于, 范, 岳, 后, 么) is
+    valid Taiwan text and proves nothing alone; 们, 软, 这 (not in Big5) prove the text is simplified.
+    """
+    chars = [chr(code) for code in range(0x4E00, 0xA000)]
+    joined = "\n".join(chars)
+    to_trad = _opencc("s2t").convert(joined).split("\n")
+    to_simp = _opencc("t2s").convert(joined).split("\n")
+    simplified, traditional, ambiguous = [], [], []
+    for char, trad, simp in zip(chars, to_trad, to_simp):
+        big5 = _in_big5(char)
+        if trad != char and not big5:
+            simplified.append(char)
+        elif trad != char:
+            ambiguous.append(char)
+        elif simp != char and big5:
+            traditional.append(char)
+    return _char_class(simplified), _char_class(traditional), _char_class(ambiguous)
+
+
+def _in_big5(char: str) -> bool:
+    try:
+        char.encode("big5")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _char_class(chars: list[str]) -> re.Pattern:
+    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+
+
+_converters: dict[Vocabulary, _Converters] = {}
+_converters_lock = threading.Lock()
+
+
+def _get_converters(vocabulary: Vocabulary) -> _Converters:
+    with _converters_lock:
+        if vocabulary not in _converters:
+            _converters[vocabulary] = _Converters(vocabulary)
+        return _converters[vocabulary]
+
+
+@dataclass
+class _State:
+    """What carries over from one piece of text to the next."""
+
+    simplified: bool = False   # mode of the last text that showed evidence either way
+    in_fence: bool = False
+    fence_closing: bool = False
+    line_start: bool = True
+
+
+class TaiwanNormalizer:
+    """Rewrites text to Taiwan usage. `convert` for whole texts, `stream()` for streamed ones."""
+
+    def __init__(self, vocabulary: Vocabulary = Vocabulary()):
+        self.vocabulary = vocabulary
+
+    @property
+    def _conv(self) -> _Converters:
+        return _get_converters(self.vocabulary)
+
+    def convert(self, text: str) -> str:
+        out, consumed = self._process(_clean(text), _State(), final=True)
+        return out
+
+    def stream(self) -> "TaiwanStream":
+        return TaiwanStream(self)
+
+    def _process(self, buffer: str, state: _State, final: bool) -> tuple[str, int]:
+        """Convert as much of buffer as can be decided now; return (output, characters consumed)."""
+        out: list[str] = []
+        i, n = 0, len(buffer)
+        while i < n:
+            if state.in_fence:
+                step = _fence_step(buffer, i, state, final)
+                if step == i:
+                    break
+                out.append(buffer[i:step])
+                i = step
+                continue
+            tick = buffer.find("`", i)
+            end = n if tick == -1 else tick
+            if tick == -1 and not final:
+                end = _last_boundary(buffer, i, n)
+            if end > i:
+                out.append(self._prose(buffer[i:end], state))
+                state.line_start = buffer[end - 1] == "\n"
+                i = end
+            if i >= n or i != tick:
+                break
+            step = _backtick_step(buffer, i, state, final)
+            if step == i:
+                break
+            out.append(buffer[i:step])
+            i = step
+        return "".join(out), i
+
+    def _prose(self, text: str, state: _State) -> str:
+        """Prose (no backticks): code-like pieces raw, the rest converted by the mode it shows."""
+        groups: list[list] = []  # [simplified?, [pieces]] or [None, raw]
+        for index, part in enumerate(_BOUNDARY_SPLIT.split(text)):
+            if not part:
+                continue
+            if index % 2 == 1:  # a run of boundary characters: joins the current group
+                _append(groups, state.simplified, part)
+                continue
+            for piece, raw in _split_specials(part):
+                if raw:
+                    groups.append([None, piece])
+                    continue
+                state.simplified = self._mode(piece, state.simplified)
+                _append(groups, state.simplified, piece)
+        return "".join(g[1] if g[0] is None else self._convert(g[0], "".join(g[1])) for g in groups)
+
+    def _mode(self, piece: str, previous: bool) -> bool:
+        conv = self._conv
+        if conv.simplified_only.search(piece):
+            return True
+        if conv.traditional_only.search(piece):
+            return False
+        if conv.ambiguous.search(piece):
+            # Only shared characters (然后, 什么, 里面 vs 台中, 皇后): simplified if OpenCC, reading it
+            # as simplified, would change it beyond the 台/臺 spelling Taiwan keeps.
+            if conv.s2t.convert(piece).translate(SIMPLIFIED_FIXES) != piece:
+                return True
+        return previous  # no evidence either way (digits, 台中, 的): keep the current mode
+
+    def _convert(self, simplified: bool, text: str) -> str:
+        if "\x00" in text:  # OpenCC takes C strings: a NUL would cut the text short
+            return "\x00".join(self._convert(simplified, part) for part in text.split("\x00"))
+        conv = self._conv
+        if simplified:
+            text = conv.t2tw.convert(conv.s2t.convert(text).translate(SIMPLIFIED_FIXES))
+            return conv.vocab_simplified.convert(text)
+        return conv.vocab.convert(text.translate(SAFE_VARIANTS))
+
+
+def _append(groups: list, simplified: bool, piece: str) -> None:
+    if groups and groups[-1][0] is simplified:
+        groups[-1][1].append(piece)
+    else:
+        groups.append([simplified, [piece]])
+
+
+def _split_specials(run: str):
+    """Split a run (no boundary characters) into (text, is_raw) pieces: URLs and paths are raw."""
+    if not _MAYBE_SPECIAL.search(run):
+        yield run, False
+        return
+    start = 0
+    for match in _URL_OR_PATH.finditer(run):
+        if match.start() > start:
+            yield run[start:match.start()], False
+        yield match.group(), True
+        start = match.end()
+    if start < len(run):
+        yield run[start:], False
+
+
+def _last_boundary(buffer: str, start: int, end: int) -> int:
+    """One past the last boundary character in buffer[start:end], or start if there is none."""
+    for index in range(end - 1, start - 1, -1):
+        if buffer[index] in _BOUNDARY_SET:
+            return index + 1
+    return start
+
+
+def _backtick_step(buffer: str, i: int, state: _State, final: bool) -> int:
+    """At a backtick: open a fence, take inline code, or pass a lone backtick. Returns the new index."""
+    if state.line_start:
+        head = buffer[i:i + 3]
+        if head == "```":
+            state.in_fence, state.fence_closing, state.line_start = True, False, False
+            return i + 3
+        if len(head) < 3 and "```".startswith(head) and not final:
+            return i  # could still become a fence
+    close = _first_of(buffer, i + 1, "`\n")
+    if close == -1:
+        if not final:
+            return i
+        close = None
+    state.line_start = False
+    if close is not None and buffer[close] == "`":
+        return close + 1
+    return i + 1  # no closing backtick on this line: a lone backtick
+
+
+def _fence_step(buffer: str, i: int, state: _State, final: bool) -> int:
+    """Inside a fenced block everything is raw; a line starting with ``` ends it."""
+    if state.line_start:
+        head = buffer[i:i + 3]
+        if len(head) < 3 and "```".startswith(head) and "\n" not in head and not final:
+            return i
+        state.fence_closing = head == "```"
+        state.line_start = False
+    newline = buffer.find("\n", i)
+    if newline == -1:
+        return len(buffer)
+    state.line_start = True
+    if state.fence_closing:
+        state.in_fence = state.fence_closing = False
+    return newline + 1
+
+
+def _first_of(buffer: str, start: int, chars: str) -> int:
+    positions = [p for p in (buffer.find(c, start) for c in chars) if p != -1]
+    return min(positions) if positions else -1
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates cannot be encoded (OpenCC would raise): replace them, keep everything else."""
+    if not isinstance(text, str):
+        text = str(text)
+    return _SURROGATES.sub("\ufffd", text)
+
+
+class TaiwanStream:
+    """Push chunks, get back the text that is safe to show now; flush at the end."""
+
+    def __init__(self, normalizer: TaiwanNormalizer):
+        self.normalizer = normalizer
+        self.buffer = ""
+        self.state = _State()
+
+    @property
+    def held(self) -> int:
+        """Characters received but not yet shown."""
+        return len(self.buffer)
+
+    def push(self, text: str) -> str:
+        self.buffer += _clean(text)
+        out, consumed = self.normalizer._process(self.buffer, self.state, final=False)
+        self.buffer = self.buffer[consumed:]
+        return out
+
+    def flush(self) -> str:
+        out, _ = self.normalizer._process(self.buffer, self.state, final=True)
+        self.buffer = ""
+        return out
+
+
+@lru_cache(maxsize=None)
+def normalizer_for(keep: tuple[str, ...] = (), replace: tuple[tuple[str, str], ...] = ()) -> TaiwanNormalizer:
+    return TaiwanNormalizer(Vocabulary(keep, replace))
+
+
+def for_domain(domain) -> TaiwanNormalizer:
+    """The normalizer with a domain's own keep/replace entries added."""
+    vocabulary = Vocabulary.of(domain.vocabulary.keep, domain.vocabulary.replace)
+    return normalizer_for(vocabulary.keep, vocabulary.replace)
+
+
+def to_taiwan(text: str) -> str:
+    """Batch conversion with the curated list only."""
+    return normalizer_for().convert(text)
+
+
+def plain_s2twp():
+    """Plain OpenCC s2twp, the baseline the evaluation and benchmark compare against."""
+    return _opencc("s2twp").convert
