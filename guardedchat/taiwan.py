@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -31,15 +32,19 @@ from .models import cache_dir
 BOUNDARY_CHARS = (" \t\r\n\f\v\u3000，。、；：？！「」『』（）《》〈〉【】〔〕…—～·．！＂＇,;!?()[]{}\"'<>"
                   "\u00a0\u2018\u2019\u201c\u201d\ufe50\ufe51\ufe52")
 _BOUNDARY_SET = frozenset(BOUNDARY_CHARS)
-_BOUNDARY_SPLIT = re.compile("([" + re.escape(BOUNDARY_CHARS) + "]+)")
-_PATH_PART = r"(?:[^/\\\s]+(?=[/\\])|[A-Za-z0-9_.\-]+)"  # a CJK component needs a separator after it
+_B = re.escape(BOUNDARY_CHARS)
+_BOUNDARY_SPLIT = re.compile(f"([{_B}]+)")
+_BOUNDARY = re.compile(f"[{_B}]")
+# URLs and paths never cross a boundary character, so matching them in a long text gives the same
+# pieces as matching them run by run (what streaming sees).
+_PATH_PART = rf"(?:[^/\\{_B}]+(?=[/\\])|[A-Za-z0-9_.\-]+)"  # a CJK component needs a separator after it
 _URL_OR_PATH = re.compile(
-    r"(?:https?://|ftp://|www\.)\S+"  # URLs run to the next boundary (the run has none)
-    rf"|(?:^|(?<![A-Za-z0-9_.])(?:~|\.{{1,2}}|[A-Za-z]:))[/\\]{_PATH_PART}(?:[/\\]{_PATH_PART})*[/\\]?"
+    rf"(?:https?://|ftp://|www\.)[^{_B}]+"
+    rf"|(?:(?:^|(?<=[{_B}]))|(?<![A-Za-z0-9_.])(?:~|\.{{1,2}}|[A-Za-z]:))[/\\]{_PATH_PART}(?:[/\\]{_PATH_PART})*[/\\]?"
     # a path glued to the text before it (請執行/usr/bin/gcc) must start with an ASCII component
     rf"|(?<![A-Za-z0-9_.])[/\\][A-Za-z0-9_.\-]+(?:[/\\]{_PATH_PART})*[/\\]?",
     re.IGNORECASE)
-_MAYBE_SPECIAL = re.compile(r"[/\\]|www\.", re.IGNORECASE)
+_SPECIAL_START = re.compile(r"[~./\\]|https?://|ftp://|www\.|[A-Za-z]:[/\\]", re.IGNORECASE)
 
 # Traditional text from OpenCC's s2t is "OpenCC standard"; these are the forms Taiwan writes. Only
 # characters that never appear in Taiwan text are listed, so applying the map to Taiwan text is safe.
@@ -47,6 +52,7 @@ SAFE_VARIANTS = str.maketrans({"裏": "裡", "着": "著", "爲": "為", "衆": 
                                "僞": "偽", "啓": "啟", "綫": "線", "牀": "床", "麪": "麵", "竈": "灶",
                                "纔": "才", "脣": "唇", "擡": "抬", "嫺": "嫻", "鉢": "缽", "衞": "衛",
                                "説": "說", "悦": "悅", "綉": "繡", "鷄": "雞", "囘": "回", "眞": "真"})
+SAFE_VARIANTS_TABLE = "".join(f"{chr(k)}\t{v}\n" for k, v in sorted(SAFE_VARIANTS.items()))
 # After s2t on simplified text: Taiwan keeps 台 (台灣, 台北) where OpenCC writes 臺.
 SIMPLIFIED_FIXES = str.maketrans({"臺": "台"})
 
@@ -87,9 +93,8 @@ class _Converters:
 
     def __init__(self, vocabulary: Vocabulary):
         self.s2t = _opencc("s2t")
-        self.t2tw = _opencc("t2tw")
-        self.vocab = _opencc(str(_write_vocab_config(_dictionary_entries(vocabulary))))
-        self.vocab_simplified = _opencc(str(_write_vocab_config(_dictionary_entries(vocabulary, simplified=True))))
+        self.vocab = _opencc(str(_write_config(_dictionary_entries(vocabulary), simplified=False)))
+        self.simplified = _opencc(str(_write_config(_dictionary_entries(vocabulary, simplified=True), simplified=True)))
         self.simplified_only, self.traditional_only, self.ambiguous = _character_classes()
 
 
@@ -105,30 +110,65 @@ def _dictionary_entries(vocabulary: Vocabulary, simplified: bool = False) -> dic
     return {k: v for k, v in entries.items() if k and not (_BOUNDARY_SET & set(k))}
 
 
-def _write_vocab_config(entries: dict[str, str]) -> Path:
-    """An OpenCC config: our text dictionary first, then OpenCC's Taiwan phrases (no character map)."""
-    body = "".join(f"{k}\t{v}\n" for k, v in sorted(entries.items()))
-    data = _opencc_data_dir()
-    digest = hashlib.sha256((body + str(data)).encode("utf-8")).hexdigest()[:16]
-    folder = cache_dir() / "opencc"
+def _write_config(entries: dict[str, str], simplified: bool) -> Path:
+    """Write an OpenCC config (and our text dictionaries) under the cache; return the config path.
+
+    Traditional input: safe variants, then our dictionary and OpenCC's Taiwan phrases; no
+    simplified→traditional character mapping at all. Simplified input, in one OpenCC call: s2t's
+    phrases and characters, 臺→台, Taiwan variants, then the same vocabulary step. OpenCC segments
+    once, on the input, so our phrases (in simplified form) join the segmentation dictionaries;
+    otherwise 法律程序 could be cut into 法律|程序 and lose. Files are named by a hash of their
+    content, so a changed list or a new OpenCC never reuses a stale file.
+    """
+    data, folder = _opencc_data_dir(), cache_dir() / "opencc"
     folder.mkdir(parents=True, exist_ok=True)
-    dictionary = folder / f"vocab-{digest}.txt"
-    config = folder / f"vocab-{digest}.json"
-    if not config.exists():
-        dictionary.write_text(body, encoding="utf-8")
-        ours = {"type": "text", "file": str(dictionary)}
-        theirs = {"type": "ocd2", "file": str(data / "TWPhrases.ocd2")}
-        spec = {
-            "name": "GuardedChat Taiwan vocabulary",
-            "segmentation": {"type": "mmseg",
-                             "dict": {"type": "group", "match_policy": "union", "dicts": [ours, theirs]}},
-            # union: the longest match wins; on a tie the first dictionary (ours) wins.
-            "conversion_chain": [{"dict": {"type": "group", "match_policy": "union", "dicts": [ours, theirs]}}],
-        }
-        partial = config.with_suffix(".partial")
-        partial.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
-        partial.replace(config)
-    return config
+    ours = _text_dict(folder, "vocab", "".join(f"{k}\t{v}\n" for k, v in sorted(entries.items())))
+    vocab_step = {"dict": {"type": "group", "match_policy": "union", "dicts": [ours, _ocd2(data, "TWPhrases")]}}
+    if simplified:
+        st_phrases = {"type": "group", "match_policy": "union",
+                      "dicts": [_ocd2(data, "STPhrases"), _ocd2(data, "STPhrases_GeneratedFromRegionalPhrases")]}
+        segmentation = {"type": "group", "match_policy": "union",
+                        "dicts": [*st_phrases["dicts"], _text_dict(folder, "segment", _simplified_keys(entries))]}
+        chain = [
+            {"dict": {"type": "group", "match_policy": "short_circuit",
+                      "dicts": [st_phrases, _ocd2(data, "STCharacters")]}},
+            {"dict": _text_dict(folder, "tai", "臺\t台\n")},
+            {"dict": {"type": "group", "match_policy": "short_circuit",
+                      "dicts": [_ocd2(data, "TWVariantsPhrases"), _ocd2(data, "TWVariants")]}},
+            vocab_step,
+        ]
+    else:
+        segmentation = vocab_step["dict"]
+        chain = [{"dict": _text_dict(folder, "variants", SAFE_VARIANTS_TABLE)}, vocab_step]
+    spec = json.dumps({"name": "GuardedChat Taiwan vocabulary", "conversion_chain": chain,
+                       "segmentation": {"type": "mmseg", "dict": segmentation}}, ensure_ascii=False)
+    return _write_once(folder, "taiwan", ".json", spec)
+
+
+def _simplified_keys(entries: dict[str, str]) -> str:
+    """Our keys written in simplified characters, for OpenCC's segmentation of simplified input."""
+    keys = sorted(entries)
+    converted = _opencc("t2s").convert("\n".join(keys)).split("\n")
+    return "".join(f"{k}\t{k}\n" for k in sorted(set(converted) | set(keys)))
+
+
+def _text_dict(folder: Path, name: str, body: str) -> dict:
+    return {"type": "text", "file": str(_write_once(folder, name, ".txt", body))}
+
+
+def _write_once(folder: Path, name: str, suffix: str, body: str) -> Path:
+    """folder/name-<hash of body>.suffix, written atomically if it is not there yet."""
+    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+    path = folder / f"{name}-{digest}{suffix}"
+    if not path.exists():
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(body, encoding="utf-8")
+        partial.replace(path)
+    return path
+
+
+def _ocd2(data: Path, name: str) -> dict:
+    return {"type": "ocd2", "file": str(data / f"{name}.ocd2")}
 
 
 @lru_cache(maxsize=1)
@@ -192,10 +232,13 @@ class TaiwanNormalizer:
 
     def __init__(self, vocabulary: Vocabulary = Vocabulary()):
         self.vocabulary = vocabulary
+        self._converters: Optional[_Converters] = None
 
     @property
     def _conv(self) -> _Converters:
-        return _get_converters(self.vocabulary)
+        if self._converters is None:  # built on first use, shared by normalizers with the same vocabulary
+            self._converters = _get_converters(self.vocabulary)
+        return self._converters
 
     def convert(self, text: str) -> str:
         out, consumed = self._process(_clean(text), _State(), final=True)
@@ -234,7 +277,47 @@ class TaiwanNormalizer:
         return "".join(out), i
 
     def _prose(self, text: str, state: _State) -> str:
-        """Prose (no backticks): code-like pieces raw, the rest converted by the mode it shows."""
+        """Prose (no backticks): code-like pieces raw, the rest converted by the mode it shows.
+
+        The mode changes only at a run that shows evidence, so long stretches without contrary
+        evidence go to OpenCC in one call; this gives exactly what run-by-run processing gives.
+        """
+        conv, out = self._conv, []
+        while text:
+            contrary = (conv.traditional_only if state.simplified else conv.simplified_only).search(text)
+            cut = _run_start(text, contrary.start()) if contrary else len(text)
+            head, text = text[:cut], text[cut:]
+            if head:
+                out.append(self._stretch(head, state))
+            if text:  # the run holding the contrary evidence decides the mode from here on
+                end = _run_end(text, contrary.start() - cut)
+                out.append(self._runs(text[:end], state))
+                text = text[end:]
+        return "".join(out)
+
+    def _stretch(self, text: str, state: _State) -> str:
+        """Text without evidence against the current mode: one conversion when nothing can flip it."""
+        if not state.simplified and self._shared_characters_prove_simplified(text):
+            return self._runs(text, state)
+        return "".join(p if raw else self._convert(state.simplified, p) for p, raw in _split_specials(text))
+
+    def _shared_characters_prove_simplified(self, text: str) -> bool:
+        """Whether some run of text, read on its own, would switch traditional mode to simplified.
+
+        Only runs with shared characters (台, 后, 么) and no traditional-only ones can (然后, 什么).
+        """
+        conv, checked_until = self._conv, 0
+        for match in conv.ambiguous.finditer(text):
+            if match.start() < checked_until:
+                continue
+            start, checked_until = _run_start(text, match.start()), _run_end(text, match.start())
+            for piece, raw in _split_specials(text[start:checked_until]):
+                if not raw and self._mode(piece, False):
+                    return True
+        return False
+
+    def _runs(self, text: str, state: _State) -> str:
+        """Run-by-run processing: each run between boundaries may switch the mode."""
         groups: list[list] = []  # [simplified?, [pieces]] or [None, raw]
         for index, part in enumerate(_BOUNDARY_SPLIT.split(text)):
             if not part:
@@ -268,9 +351,21 @@ class TaiwanNormalizer:
             return "\x00".join(self._convert(simplified, part) for part in text.split("\x00"))
         conv = self._conv
         if simplified:
-            text = conv.t2tw.convert(conv.s2t.convert(text).translate(SIMPLIFIED_FIXES))
-            return conv.vocab_simplified.convert(text)
-        return conv.vocab.convert(text.translate(SAFE_VARIANTS))
+            return conv.simplified.convert(text)
+        return conv.vocab.convert(text)
+
+
+def _run_start(text: str, position: int) -> int:
+    """Start of the run (text between boundary characters) holding position."""
+    index = position
+    while index > 0 and text[index - 1] not in _BOUNDARY_SET:
+        index -= 1
+    return index
+
+
+def _run_end(text: str, position: int) -> int:
+    match = _BOUNDARY.search(text, position)
+    return match.start() if match else len(text)
 
 
 def _append(groups: list, simplified: bool, piece: str) -> None:
@@ -280,19 +375,22 @@ def _append(groups: list, simplified: bool, piece: str) -> None:
         groups.append([simplified, [piece]])
 
 
-def _split_specials(run: str):
-    """Split a run (no boundary characters) into (text, is_raw) pieces: URLs and paths are raw."""
-    if not _MAYBE_SPECIAL.search(run):
-        yield run, False
-        return
+def _split_specials(text: str):
+    """Split text into (piece, is_raw) pieces: URLs and file paths are raw, the rest is prose."""
     start = 0
-    for match in _URL_OR_PATH.finditer(run):
+    # Scanning with the full pattern costs at every character; try it only where one could start.
+    for candidate in _SPECIAL_START.finditer(text):
+        if candidate.start() < start:
+            continue
+        match = _URL_OR_PATH.match(text, candidate.start())
+        if not match:
+            continue
         if match.start() > start:
-            yield run[start:match.start()], False
+            yield text[start:match.start()], False
         yield match.group(), True
         start = match.end()
-    if start < len(run):
-        yield run[start:], False
+    if start < len(text):
+        yield text[start:], False
 
 
 def _last_boundary(buffer: str, start: int, end: int) -> int:

@@ -20,6 +20,7 @@ BEHAVIOUR = [
     # traditional with mainland words: vocabulary only, no character mapping
     ("軟件、視頻、網絡", "軟體、影片、網路"),
     ("台灣的軟件", "台灣的軟體"),
+    ("這裏着急爲什麼", "這裡著急為什麼"),  # OpenCC-standard variants become the forms Taiwan writes
     # already Taiwan: unchanged
     ("台北的干擾很少，主管准許里長于先生和范小姐去岳陽。", "台北的干擾很少，主管准許里長于先生和范小姐去岳陽。"),
     ("田徑項目、服務窗口、政府文件、法律程序、行政程序法", "田徑項目、服務窗口、政府文件、法律程序、行政程序法"),
