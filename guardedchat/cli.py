@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     taiwan.add_argument("--baseline", action="store_true", help="also score plain OpenCC s2twp on the same cases")
     taiwan.set_defaults(handler=cmd_eval_taiwan)
 
+    gate = kinds.add_parser("gate", help="domain gate cases: {id, domain, history, message, expect}")
+    gate.add_argument("cases", help="JSONL case file")
+    gate.add_argument("--json", action="store_true", help="print the JSON report (default: a summary)")
+    gate.add_argument("--report", metavar="DIR", help="also write an HTML report with PNG plots into DIR")
+    gate.set_defaults(handler=cmd_eval_gate)
+
     setup = commands.add_parser("setup", help="assemble and verify the default model (run by `make install`)")
     setup.set_defaults(handler=cmd_setup)
     return parser
@@ -257,6 +263,33 @@ def cmd_eval_taiwan(args) -> int:
     for row in report["cases"]:
         if not row["ok"]:
             print(f"✗ {row['id']}: {row['input']!r} → {row['got']!r}（預期 {row['expect'][0]!r}）")
+    return 0
+
+
+def cmd_eval_gate(args) -> int:
+    from .evaluate import evaluate_gate
+    from .gate import decide, gate_for
+    from .runtime import other_domains
+
+    def decide_for(domain_id: str):
+        domain = get_domain(domain_id)
+        gate = gate_for(domain, other_domains(domain))
+        return lambda message, history: decide(gate, message, history)
+
+    report = evaluate_gate(args.cases, decide_for)
+    if args.report:
+        from .report import write_gate_report
+
+        print(f"報告已寫入 {write_gate_report(report, args.report)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    for domain, stats in report["summary"]["domains"].items():
+        print(f"{domain}: cases {stats['cases']}  in-scope acceptance {_pct(stats['in_scope_acceptance'])}  "
+              f"out-of-scope refusal {_pct(stats['out_of_scope_refusal'])}")
+    for row in report["cases"]:
+        if not row["ok"]:
+            print(f"✗ {row['id']} expect {row['expect']} got {row['got']} ({row['score']:.2f}) {row['message']}")
     return 0
 
 

@@ -16,6 +16,7 @@ from .errors import DomainError, UnknownDomainError
 
 DOMAIN_FILE = "domain.yaml"
 ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+_CJK_SPACE = re.compile(r"(?<=[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]) (?=[\u3000-\u303f\u3400-\u9fff\uff00-\uffef])")
 
 
 def default_domains_dir() -> Path:
@@ -74,12 +75,19 @@ class Domain(_Strict):
     greeting: str = Field(min_length=1)
     examples: Examples
     fewshot: list[FewShot] = Field(default_factory=list)
+    lexicon: dict[str, list[str]] = Field(default_factory=dict)
     facts: list[str] = Field(default_factory=list)
     vocabulary: Vocabulary = Field(default_factory=Vocabulary)
     generation: Generation = Field(default_factory=Generation)
     gate: GateSettings = Field(default_factory=GateSettings)
     knowledge: str = "knowledge"
     folder: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("refusal", "greeting", "title")
+    @classmethod
+    def _join_folded_lines(cls, value: str) -> str:
+        # YAML's folded style (>-) joins lines with a space; Chinese text must not get one.
+        return _CJK_SPACE.sub("", value)
 
     @field_validator("id")
     @classmethod

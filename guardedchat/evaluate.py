@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -69,3 +70,55 @@ def _taiwan_summary(results: list[dict], with_baseline: bool) -> dict:
             "by_category": {name: rate(rows, "baseline_ok") for name, rows in sorted(by_category.items())},
         }
     return summary
+
+
+def evaluate_gate(path: Path, decide_for) -> dict:
+    """Run the gate on each case; decide_for(domain_id) returns a function (message, history) → decision."""
+    results = []
+    for case in read_cases(path, ("id", "domain", "message", "expect")):
+        decide = decide_for(case["domain"])
+        history = case.get("history") or []
+        started = time.perf_counter()
+        decision = decide(case["message"], history if isinstance(history, list) else [])
+        elapsed = (time.perf_counter() - started) * 1000
+        got = "allow" if decision.allowed else "refuse"
+        results.append({"id": case["id"], "domain": case["domain"], "kind": case.get("kind"),
+                        "message": case["message"], "expect": case["expect"], "got": got,
+                        "ok": got == case["expect"], "score": round(decision.score, 4),
+                        "decision": decision.decision, "reason": decision.reason, "ms": round(elapsed, 3)})
+    return {"summary": _gate_summary(results), "cases": results}
+
+
+def _gate_summary(results: list[dict]) -> dict:
+    by_domain = defaultdict(list)
+    for row in results:
+        by_domain[row["domain"]].append(row)
+    latencies = sorted(row["ms"] for row in results)
+    summary = {"cases": len(results), "accuracy": _rate(results, lambda r: r["ok"]), "domains": {}}
+    if latencies:
+        summary["latency_ms"] = {"p50": latencies[len(latencies) // 2],
+                                 "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+    for domain, rows in sorted(by_domain.items()):
+        inside = [r for r in rows if r["expect"] == "allow"]
+        outside = [r for r in rows if r["expect"] == "refuse"]
+        matrix = Counter((r["expect"], r["got"]) for r in rows)
+        summary["domains"][domain] = {
+            "cases": len(rows),
+            "in_scope_acceptance": _rate(inside, lambda r: r["got"] == "allow"),
+            "out_of_scope_refusal": _rate(outside, lambda r: r["got"] == "refuse"),
+            "confusion": {f"expect_{e}": {f"got_{g}": matrix[(e, g)] for g in ("allow", "refuse")}
+                          for e in ("allow", "refuse")},
+            "by_kind": {kind: _rate(krows, lambda r: r["ok"]) for kind, krows in _group(rows, "kind").items()},
+        }
+    return summary
+
+
+def _rate(rows, predicate):
+    return round(sum(1 for r in rows if predicate(r)) / len(rows), 4) if rows else None
+
+
+def _group(rows, key):
+    groups = defaultdict(list)
+    for row in rows:
+        groups[row.get(key) or "uncategorized"].append(row)
+    return dict(sorted(groups.items()))

@@ -65,6 +65,7 @@ class Verdict:
     text: str = ""
     score: Optional[float] = None
     rail: Optional[str] = None
+    canned: Optional[str] = None  # allowed, but answered with this text instead of calling the model
 
 
 class InputCheck(Protocol):
@@ -107,14 +108,21 @@ class Pipeline:
         if not verdict.allow:
             yield from self._refuse(verdict, record, started)
             return
+        if verdict.canned is not None:
+            record.answer, record.reason = verdict.canned, verdict.reason
+            record.timings["total_ms"] = _ms_since(started)
+            yield TextEvent(verdict.canned)
+            yield FinalEvent(record)
+            return
         yield from self._generate(message, history, cancel, record, started)
 
     def _check_input(self, history, message, record: TurnRecord) -> Verdict:
         for check in self.input_checks:
             verdict = check(self.domain, history, message)
             if verdict.score is not None:
-                record.gate = {"decision": "allow" if verdict.allow else "refuse", "score": verdict.score}
-            if not verdict.allow:
+                decision = "refuse" if not verdict.allow else ("greet" if verdict.canned is not None else "allow")
+                record.gate = {"decision": decision, "score": round(verdict.score, 4)}
+            if not verdict.allow or verdict.canned is not None:
                 return verdict
         return Verdict(True)
 

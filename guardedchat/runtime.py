@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .backend import LlamaCppBackend
-from .domains import Domain
+from .domains import Domain, load_all
+from .gate import gate_check
 from .models import resolve_model
 from .pipeline import Pipeline, check_not_empty
 from .taiwan import for_domain
@@ -51,7 +52,13 @@ def get_backend(settings: BackendSettings, progress: Optional[Callable[[int, int
         return _backends[settings]
 
 
+def other_domains(domain: Domain) -> list[Domain]:
+    """The other domains that load from the same folder (negatives for this domain's gate)."""
+    return [d for d in load_all(domain.folder.parent).loaded.values() if d.id != domain.id]
+
+
 def build_pipeline(domain: Domain, backend) -> Pipeline:
-    """The full guarded pipeline for a domain (stages are added here as they land)."""
+    """The full guarded pipeline for a domain: input checks, generation, Taiwan normalizer."""
     normalizer = for_domain(domain)
-    return Pipeline(domain, backend, input_checks=[check_not_empty], stream_stages=[normalizer.stream])
+    return Pipeline(domain, backend, input_checks=[check_not_empty, gate_check(other_domains)],
+                    stream_stages=[normalizer.stream])

@@ -90,7 +90,7 @@ def test_broken_domain_yaml_through_the_cli(domains_copy):
                              "欄位 'greating' 不認得（未知的鍵）。修正：是不是要寫 'greeting'？請改名或刪除它。\n")
     listing = run_cli("domains", env=env)
     assert listing.returncode == 1
-    assert listing.stdout.splitlines()[0] == "✓ mingqing     明清人物研究助理（188 個範例問題）"
+    assert listing.stdout.splitlines()[0] == "✓ mingqing     明清人物研究助理（213 個範例問題）"
     assert listing.stdout.splitlines()[1] == f"✗ riscv        無法載入：{path}: 缺少必填欄位 'greeting'。修正：在 YAML 中加上 greeting:。"
 
 
