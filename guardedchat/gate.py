@@ -38,10 +38,12 @@ import yaml
 from .domains import Domain
 from .models import cache_dir
 
-GATE_VERSION = "7"  # bump when features or training change, so cached gates retrain
+GATE_VERSION = "9"  # bump when features or training change, so cached gates retrain
 MAX_FEATURE_CHARS = 600  # a 100 000-character message is judged on its start (and always refused later by limits)
 FOLLOWUP_MAX_CHARS = 40
 CONTEXT_DEPTH = 3  # a follow-up of a follow-up of a follow-up still counts; deeper history does not
+FOREIGN_BAR = 0.9  # a message naming only outside entities needs this score to pass
+REQUEST_VETO_LOSS = 0.01  # the share of domain questions the request veto may cost (out of fold)
 # A message naming a lexicon entity needs only this fraction of the threshold. (Choosing it by
 # cross-validation does not work: every lexicon-built positive names an entity by construction.)
 ENTITY_FLOOR = 0.75
@@ -198,6 +200,24 @@ def training_set(domain: Domain, others: Sequence[Domain]) -> tuple[list[str], l
     return [normalize(t) for t in texts], labels
 
 
+def request_training_set(domains: Sequence[Domain]) -> tuple[list[str], list[int]]:
+    """Domain questions of every domain (1) against everyday, creative and commercial requests (0),
+    with every domain's entities on both sides, so that what is asked weighs more than who is named."""
+    templates = _data("gate_templates")
+    followups = set(_followup_texts())
+    positives, negatives = [], list(_general_out_of_scope())
+    for domain in domains:
+        positives += [q for q in domain.examples.in_scope if q not in followups]
+        for kind, names in domain.lexicon.items():
+            positives += _expand(templates["in_scope"].get(kind, templates["in_scope"]["term"]), names, 1)
+        entities = [name for names in domain.lexicon.values() for name in names]
+        negatives += _expand(templates["borrowed"], entities, 1)
+        leaders = [name for names in domain.lexicon.values() for name in names[:3]]
+        negatives += _expand(templates["borrowed"], leaders, len(templates["borrowed"]))
+    texts = positives + negatives
+    return [normalize(t) for t in texts], [1] * len(positives) + [0] * len(negatives)
+
+
 @lru_cache(maxsize=1)
 def _general_out_of_scope() -> list[str]:
     return [q for questions in _data("general_out_of_scope")["questions"].values() for q in questions]
@@ -206,7 +226,7 @@ def _general_out_of_scope() -> list[str]:
 @lru_cache(maxsize=1)
 def _general_entities() -> list[str]:
     groups = _data("general_out_of_scope")["entities"]
-    return [e for group in ("people", "places", "things") for e in groups[group]]
+    return [e for group in ("people", "other_era_people", "places", "things") for e in groups[group]]
 
 
 def _general_entity_group(name: str) -> list[str]:
@@ -253,6 +273,11 @@ class TrainedGate:
     def followup_score(self, text: str) -> float:
         return self.followup_scorer.probability(normalize(text))
 
+    def foreign_entity_in(self, text: str) -> Optional[str]:
+        pattern = getattr(self, "foreign_pattern", None)
+        match = pattern.search(normalize(text)) if pattern else None
+        return match.group() if match else None
+
     def entity_in(self, text: str) -> Optional[str]:
         match = self.entity_pattern.search(normalize(text)) if self.entity_pattern else None
         return match.group() if match else None
@@ -292,7 +317,7 @@ def train(domain: Domain, others: Sequence[Domain]) -> TrainedGate:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     texts, labels = training_set(domain, others)
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    folds = StratifiedKFold(n_splits=4, shuffle=True, random_state=0)
     oof = cross_val_predict(_classifier(), texts, labels, cv=folds, method="predict_proba")[:, 1]
     threshold, report = _choose_threshold(list(oof), labels)
     if domain.gate.threshold is not None:
@@ -300,12 +325,42 @@ def train(domain: Domain, others: Sequence[Domain]) -> TrainedGate:
     entities = [name for names in domain.lexicon.values() for name in names]
     entity_floor = ENTITY_FLOOR * threshold
     model = _classifier().fit(texts, labels)
+    request_model, veto = _request_model([domain, *others])
     report = {key: float(value) if not isinstance(value, bool) else value for key, value in report.items()}
-    report.update({"threshold": float(threshold), "entity_floor": float(entity_floor),
+    report.update({"threshold": float(threshold), "entity_floor": float(entity_floor), "request_veto": veto,
                    "positives": sum(labels), "negatives": len(labels) - sum(labels)})
     gate = TrainedGate(domain.id, model, threshold, report, _followup_detector(texts, labels), entities)
     gate.entity_floor = float(entity_floor)
+    gate.request_scorer, gate.request_veto = FastScorer(request_model), veto
+    own = {normalize(e) for e in entities}
+    foreign = [e for e in _general_entities() + _general_entity_group("eras") + _general_entity_group("isas")
+               + [n for o in others for names in o.lexicon.values() for n in names] if normalize(e) not in own]
+    gate.foreign_pattern = _entity_pattern(foreign)
     return gate
+
+
+def _request_model(domains: Sequence[Domain]):
+    """The shared request-type model and its veto bar: the score below which a message is an
+    everyday or creative request whatever it names. The bar is set on out-of-fold scores so that at
+    most REQUEST_VETO_LOSS of domain questions fall under it."""
+    texts, labels = request_training_set(domains)
+    key = hashlib.sha256("\x1e".join(sorted(texts)).encode("utf-8")).hexdigest()
+    if key not in _request_models:  # shared by every domain of the same set: train once per process
+        _request_models[key] = _fit_request_model(texts, labels)
+    return _request_models[key]
+
+
+_request_models: dict = {}
+
+
+def _fit_request_model(texts: list[str], labels: list[int]):
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    oof = cross_val_predict(_classifier(), texts, labels, cv=folds, method="predict_proba")[:, 1]
+    positives = sorted(score for score, label in zip(oof, labels) if label == 1)
+    veto = float(positives[int(REQUEST_VETO_LOSS * len(positives))])
+    return _classifier().fit(texts, labels), round(veto, 4)
 
 
 def _followup_detector(texts: list[str], labels: list[int]):
@@ -342,17 +397,25 @@ def decide(gate: TrainedGate, message: str, history: Sequence[dict] = (), depth:
     if is_greeting(text):
         return GateDecision("greet", 1.0, gate.threshold, "greeting or question about the assistant")
     score = gate.score(text)
+    if score < gate.threshold and len(normalize(text)) <= FOLLOWUP_MAX_CHARS:
+        followup = gate.followup_score(text)
+        if followup >= 0.5 and _context_in_scope(gate, history, depth):
+            return GateDecision("allow", score, gate.threshold,
+                                f"follow-up of an in-scope question (follow-up {followup:.2f})")
+    request = gate.request_scorer.probability(normalize(text))
+    if request < gate.request_veto:
+        return GateDecision("refuse", score, gate.threshold,
+                            f"an everyday or creative request, not a domain question (request {request:.2f})")
+    entity = gate.entity_in(text)
+    foreign = None if entity else gate.foreign_entity_in(text)
+    if foreign and score < FOREIGN_BAR:
+        # Names someone or something from outside the domain (劉邦, x86) and nothing from inside it.
+        return GateDecision("refuse", score, gate.threshold, f"names {foreign}, which is outside the domain")
     if score >= gate.threshold:
         return GateDecision("allow", score, gate.threshold, f"in scope: score {score:.2f} ≥ {gate.threshold:.2f}")
-    entity = gate.entity_in(text)
     if entity and score >= gate.entity_floor:
         # A named domain entity is strong evidence; requests that only borrow it score far lower.
         return GateDecision("allow", score, gate.threshold, f"names a domain entity ({entity}); score {score:.2f}")
-    if len(normalize(text)) <= FOLLOWUP_MAX_CHARS and _context_in_scope(gate, history, depth):
-        followup = gate.followup_score(text)
-        if followup >= 0.5:
-            return GateDecision("allow", score, gate.threshold,
-                                f"follow-up of an in-scope question (follow-up {followup:.2f})")
     return GateDecision("refuse", score, gate.threshold, f"out of scope: score {score:.2f} < {gate.threshold:.2f}")
 
 
