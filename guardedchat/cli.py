@@ -268,13 +268,14 @@ def cmd_eval_taiwan(args) -> int:
 
 def cmd_eval_gate(args) -> int:
     from .evaluate import evaluate_gate
-    from .gate import decide, gate_for
+    from .gate import gate_for
     from .runtime import other_domains
+    from .screening import screen
 
     def decide_for(domain_id: str):
         domain = get_domain(domain_id)
         gate = gate_for(domain, other_domains(domain))
-        return lambda message, history: decide(gate, message, history)
+        return lambda message, history: screen(domain, gate, message, history)
 
     report = evaluate_gate(args.cases, decide_for)
     if args.report:

@@ -83,11 +83,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u
 _SPACES = re.compile(r"\s+")
 
 
-def normalize(text: str) -> str:
+def normalize(text: str, limit: int = MAX_FEATURE_CHARS) -> str:
     """The form the gate reads: NFKC (full-width → ASCII), lower case, traditional characters."""
-    text = _CONTROL.sub(" ", str(text)[: MAX_FEATURE_CHARS * 2])
+    text = _CONTROL.sub(" ", str(text)[: limit * 2])
     text = unicodedata.normalize("NFKC", text).lower()
-    text = _SPACES.sub(" ", text).strip()[:MAX_FEATURE_CHARS]
+    text = _SPACES.sub(" ", text).strip()[:limit]
     return _to_traditional().convert(text).replace("臺", "台")
 
 
@@ -472,19 +472,3 @@ def _save(path: Path, gate: TrainedGate) -> None:
     except OSError:
         pass  # a read-only cache only costs a retrain next start
 
-
-def gate_check(others_of):
-    """A pipeline input check: the domain's gate, loaded on first use. others_of(domain) lists the
-    other loaded domains, whose examples are this gate's negatives."""
-
-    def check(domain: Domain, history: Sequence[dict], message: str):
-        from .pipeline import Verdict
-
-        decision = decide(gate_for(domain, others_of(domain)), message, history)
-        if decision.decision == "greet":
-            return Verdict(True, "greeting", score=decision.score, canned=domain.greeting)
-        if decision.decision == "allow":
-            return Verdict(True, score=decision.score)
-        return Verdict(False, "out_of_scope", domain.refusal, score=decision.score, rail="domain gate")
-
-    return check

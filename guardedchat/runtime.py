@@ -9,9 +9,9 @@ from typing import Callable, Optional
 
 from .backend import LlamaCppBackend
 from .domains import Domain, load_all
-from .gate import gate_check
+from .screening import screening_check
 from .models import resolve_model
-from .pipeline import Pipeline, check_not_empty
+from .pipeline import Pipeline
 from .taiwan import for_domain
 
 
@@ -60,5 +60,5 @@ def other_domains(domain: Domain) -> list[Domain]:
 def build_pipeline(domain: Domain, backend) -> Pipeline:
     """The full guarded pipeline for a domain: input checks, generation, Taiwan normalizer."""
     normalizer = for_domain(domain)
-    return Pipeline(domain, backend, input_checks=[check_not_empty, gate_check(other_domains)],
+    return Pipeline(domain, backend, input_checks=[screening_check(other_domains)],
                     stream_stages=[normalizer.stream])
