@@ -141,7 +141,7 @@ def test_greeting_answers_without_the_model(gates):
 
 
 def test_eval_gate_cli_contract(tmp_path):
-    result = run_cli("eval", "gate", str(ROOT.parent / "shared" / "eval-samples" / "gate.jsonl"), "--json",
+    result = run_cli("eval", "gate", str(ROOT / "tests" / "data" / "gate_sample.jsonl"), "--json",
                      "--report", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

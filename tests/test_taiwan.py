@@ -136,3 +136,10 @@ def test_cli_eval_reports_a_broken_case_file(tmp_path):
     result = run_cli("eval", "taiwan", str(path), "--json")
     assert result.returncode == 2
     assert result.stderr == f"錯誤：{path} 第 2 行不是合法的 JSON（Expecting value）。修正：每行一個 JSON 物件。\n"
+
+
+def test_shared_sample_cases():
+    """The format samples from ../shared/eval-samples/ (copied into tests/data/) all pass."""
+    result = run_cli("eval", "taiwan", str(ROOT / "tests" / "data" / "taiwan_sample.jsonl"), "--json")
+    report = json.loads(result.stdout)
+    assert [c["id"] for c in report["cases"] if not c["ok"]] == []
