@@ -93,8 +93,10 @@ class _Converters:
 
     def __init__(self, vocabulary: Vocabulary):
         self.s2t = _opencc("s2t")
-        self.vocab = _opencc(str(_write_config(_dictionary_entries(vocabulary), simplified=False)))
-        self.simplified = _opencc(str(_write_config(_dictionary_entries(vocabulary, simplified=True), simplified=True)))
+        self.vocab = _opencc(str(_write_vocab_config(_dictionary_entries(vocabulary), variants=True)))
+        self.to_traditional = _opencc(str(_write_traditional_config()))
+        self.vocab_simplified = _opencc(str(_write_vocab_config(_dictionary_entries(vocabulary, simplified=True),
+                                                                variants=False)))
         self.simplified_only, self.traditional_only, self.ambiguous = _character_classes()
 
 
@@ -110,46 +112,47 @@ def _dictionary_entries(vocabulary: Vocabulary, simplified: bool = False) -> dic
     return {k: v for k, v in entries.items() if k and not (_BOUNDARY_SET & set(k))}
 
 
-def _write_config(entries: dict[str, str], simplified: bool) -> Path:
-    """Write an OpenCC config (and our text dictionaries) under the cache; return the config path.
+def _write_vocab_config(entries: dict[str, str], variants: bool) -> Path:
+    """An OpenCC config for traditional text: (safe variants, then) our dictionary in front of
+    OpenCC's Taiwan phrases; no simplified→traditional character mapping at all.
 
-    Traditional input: safe variants, then our dictionary and OpenCC's Taiwan phrases; no
-    simplified→traditional character mapping at all. Simplified input, in one OpenCC call: s2t's
-    phrases and characters, 臺→台, Taiwan variants, then the same vocabulary step. OpenCC segments
-    once, on the input, so our phrases (in simplified form) join the segmentation dictionaries;
-    otherwise 法律程序 could be cut into 法律|程序 and lose. Files are named by a hash of their
-    content, so a changed list or a new OpenCC never reuses a stale file.
+    Files are named by a hash of their content, so a changed list never reuses a stale file.
     """
-    data, folder = _opencc_data_dir(), cache_dir() / "opencc"
-    folder.mkdir(parents=True, exist_ok=True)
+    data, folder = _opencc_data_dir(), _config_folder()
     ours = _text_dict(folder, "vocab", "".join(f"{k}\t{v}\n" for k, v in sorted(entries.items())))
-    vocab_step = {"dict": {"type": "group", "match_policy": "union", "dicts": [ours, _ocd2(data, "TWPhrases")]}}
-    if simplified:
-        st_phrases = {"type": "group", "match_policy": "union",
-                      "dicts": [_ocd2(data, "STPhrases"), _ocd2(data, "STPhrases_GeneratedFromRegionalPhrases")]}
-        segmentation = {"type": "group", "match_policy": "union",
-                        "dicts": [*st_phrases["dicts"], _text_dict(folder, "segment", _simplified_keys(entries))]}
-        chain = [
-            {"dict": {"type": "group", "match_policy": "short_circuit",
-                      "dicts": [st_phrases, _ocd2(data, "STCharacters")]}},
-            {"dict": _text_dict(folder, "tai", "臺\t台\n")},
-            {"dict": {"type": "group", "match_policy": "short_circuit",
-                      "dicts": [_ocd2(data, "TWVariantsPhrases"), _ocd2(data, "TWVariants")]}},
-            vocab_step,
-        ]
-    else:
-        segmentation = vocab_step["dict"]
-        chain = [{"dict": _text_dict(folder, "variants", SAFE_VARIANTS_TABLE)}, vocab_step]
+    vocab = {"type": "group", "match_policy": "union", "dicts": [ours, _ocd2(data, "TWPhrases")]}
+    chain = ([{"dict": _text_dict(folder, "variants", SAFE_VARIANTS_TABLE)}] if variants else []) + [{"dict": vocab}]
+    return _write_spec(folder, chain, vocab)
+
+
+def _write_traditional_config() -> Path:
+    """Simplified → traditional characters as Taiwan writes them: s2t, 臺→台, Taiwan variants.
+
+    A separate call from the vocabulary step on purpose: OpenCC segments once per call, and
+    segments cut on the simplified input (了账|号) would hide the traditional phrase (賬號) from it.
+    """
+    data, folder = _opencc_data_dir(), _config_folder()
+    st_phrases = {"type": "group", "match_policy": "union",
+                  "dicts": [_ocd2(data, "STPhrases"), _ocd2(data, "STPhrases_GeneratedFromRegionalPhrases")]}
+    chain = [
+        {"dict": {"type": "group", "match_policy": "short_circuit", "dicts": [st_phrases, _ocd2(data, "STCharacters")]}},
+        {"dict": _text_dict(folder, "tai", "臺\t台\n")},
+        {"dict": {"type": "group", "match_policy": "short_circuit",
+                  "dicts": [_ocd2(data, "TWVariantsPhrases"), _ocd2(data, "TWVariants")]}},
+    ]
+    return _write_spec(folder, chain, st_phrases)
+
+
+def _config_folder() -> Path:
+    folder = cache_dir() / "opencc"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _write_spec(folder: Path, chain: list, segmentation: dict) -> Path:
     spec = json.dumps({"name": "GuardedChat Taiwan vocabulary", "conversion_chain": chain,
                        "segmentation": {"type": "mmseg", "dict": segmentation}}, ensure_ascii=False)
     return _write_once(folder, "taiwan", ".json", spec)
-
-
-def _simplified_keys(entries: dict[str, str]) -> str:
-    """Our keys written in simplified characters, for OpenCC's segmentation of simplified input."""
-    keys = sorted(entries)
-    converted = _opencc("t2s").convert("\n".join(keys)).split("\n")
-    return "".join(f"{k}\t{k}\n" for k in sorted(set(converted) | set(keys)))
 
 
 def _text_dict(folder: Path, name: str, body: str) -> dict:
@@ -351,7 +354,7 @@ class TaiwanNormalizer:
             return "\x00".join(self._convert(simplified, part) for part in text.split("\x00"))
         conv = self._conv
         if simplified:
-            return conv.simplified.convert(text)
+            return conv.vocab_simplified.convert(conv.to_traditional.convert(text))
         return conv.vocab.convert(text)
 
 
