@@ -76,6 +76,7 @@ class Domain(_Strict):
     examples: Examples
     fewshot: list[FewShot] = Field(default_factory=list)
     lexicon: dict[str, list[str]] = Field(default_factory=dict)
+    banned_words: list[str] = Field(default_factory=list)
     facts: list[str] = Field(default_factory=list)
     vocabulary: Vocabulary = Field(default_factory=Vocabulary)
     generation: Generation = Field(default_factory=Generation)

@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 from .backend import ChatBackend, CompletionPrompt, SamplingSettings
 from .domains import Domain
 from .prompt import Passage, build_prompt
+from .rails.checks import OutputBlocked
 
 
 @dataclass(frozen=True)
@@ -92,15 +93,27 @@ class Pipeline:
     def __init__(self, domain: Domain, backend: ChatBackend, *,
                  input_checks: Sequence[InputCheck] = (check_not_empty,),
                  stream_stages: Sequence[Callable[[], StreamStage]] = (),
-                 retrieve: Optional[Callable[[Domain, Sequence[dict], str], list[Passage]]] = None):
+                 output_check: Optional[Callable[[str, str], Optional[Verdict]]] = None,
+                 retrieve: Optional[Callable[[Domain, Sequence[dict], str], list[Passage]]] = None,
+                 on_record: Sequence[Callable[["TurnRecord", str], None]] = ()):
         self.domain = domain
         self.backend = backend
         self.input_checks = list(input_checks)
         self.stream_stages = list(stream_stages)
+        self.output_check = output_check
         self.retrieve = retrieve
+        self.on_record = list(on_record)
 
     def run(self, message: str, history: Sequence[dict] = (),
             cancel: Optional[threading.Event] = None) -> Iterator[Event]:
+        """The turn's events; the last one is always a FinalEvent, which also goes to on_record."""
+        for event in self._events(message, history, cancel):
+            if isinstance(event, FinalEvent):
+                for record_to in self.on_record:
+                    record_to(event.record, message)
+            yield event
+
+    def _events(self, message, history, cancel) -> Iterator[Event]:
         started = time.perf_counter()
         record = TurnRecord(domain=self.domain.id)
         verdict = self._check_input(history, message, record)
@@ -145,7 +158,7 @@ class Pipeline:
         stages = [make() for make in self.stream_stages]
         pieces: list[str] = []
         first_token_at = None
-        stream = self.backend.stream(prompt, _sampling(self.domain), cancel)
+        stream = self.backend.stream(prompt, sampling(self.domain), cancel)
         try:
             for piece in stream:
                 first_token_at = first_token_at or time.perf_counter()
@@ -154,16 +167,29 @@ class Pipeline:
                 if shown:
                     pieces.append(shown)
                     yield TextEvent(shown)
+            tail = _flush(stages)
+        except OutputBlocked as blocked:
+            # The piece that broke a rule was never shown; what was shown before it stays.
+            _finish_timings(record, started, first_token_at)
+            yield from self._refuse(_blocked_verdict(blocked.blocked), record, started)
+            return
         finally:
             stream.close()
         record.stopped = bool(cancel is not None and cancel.is_set())
-        tail = _flush(stages)
         if tail:
             pieces.append(tail)
             yield TextEvent(tail)
         record.answer = "".join(pieces).strip()
         _finish_timings(record, started, first_token_at)
+        verdict = self.output_check(message, record.answer) if self.output_check else None
+        if verdict is not None and not verdict.allow:
+            yield from self._refuse(verdict, record, started)
+            return
         yield FinalEvent(record)
+
+
+def _blocked_verdict(blocked) -> Verdict:
+    return Verdict(False, blocked.reason, blocked.text, rail=blocked.rail)
 
 
 def _prompt_text(prompt) -> str:
@@ -172,7 +198,7 @@ def _prompt_text(prompt) -> str:
     return "\n".join(message["content"] for message in prompt.messages)
 
 
-def _sampling(domain: Domain) -> SamplingSettings:
+def sampling(domain: Domain) -> SamplingSettings:
     g = domain.generation
     return SamplingSettings(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
                             repeat_penalty=g.repeat_penalty)

@@ -7,11 +7,14 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .audit import AuditLog
 from .backend import LlamaCppBackend
 from .domains import Domain, load_all
-from .screening import screening_check
+from .gate import gate_for
 from .models import resolve_model
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Verdict, sampling
+from .rails import BackendLLM, GuardRails
+from .rails.checks import OutputGuard, RailChecks
 from .taiwan import for_domain
 
 
@@ -57,8 +60,44 @@ def other_domains(domain: Domain) -> list[Domain]:
     return [d for d in load_all(domain.folder.parent).loaded.values() if d.id != domain.id]
 
 
-def build_pipeline(domain: Domain, backend) -> Pipeline:
-    """The full guarded pipeline for a domain: input checks, generation, Taiwan normalizer."""
+def build_pipeline(domain: Domain, backend, audit: Optional[AuditLog] = None) -> Pipeline:
+    """The full guarded pipeline for a domain: NeMo input rails (limits, injection, banned words,
+    the domain gate) → generation → Taiwan normalizer → output guard → NeMo output rails → audit."""
+    checks = RailChecks(domain, lambda: gate_for(domain, other_domains(domain)))
+    rails = LazyRails(domain, checks, backend)
     normalizer = for_domain(domain)
-    return Pipeline(domain, backend, input_checks=[screening_check(other_domains)],
-                    stream_stages=[normalizer.stream])
+    return Pipeline(domain, backend, input_checks=[rails.input_check],
+                    stream_stages=[normalizer.stream, lambda: OutputGuard(checks)],
+                    output_check=rails.output_check, on_record=[audit or AuditLog.from_env()])
+
+
+class LazyRails:
+    """The domain's NeMo rails, built on first use (importing NeMo takes about two seconds)."""
+
+    def __init__(self, domain: Domain, checks: RailChecks, backend):
+        self.domain, self.checks, self.backend = domain, checks, backend
+        self._rails: Optional[GuardRails] = None
+        self._lock = threading.Lock()
+
+    @property
+    def rails(self) -> GuardRails:
+        with self._lock:
+            if self._rails is None:
+                self._rails = GuardRails(self.domain, self.checks, BackendLLM(self.backend, sampling(self.domain)))
+            return self._rails
+
+    def input_check(self, domain: Domain, history, message: str) -> Verdict:
+        result = self.rails.check_input(message, history)
+        decision = result.gate
+        score = decision.score if decision is not None else None
+        if result.blocked is not None:
+            return Verdict(False, result.blocked.reason, result.blocked.text, score=score, rail=result.blocked.rail)
+        if decision is not None and decision.decision == "greet":
+            return Verdict(True, "greeting", score=score, canned=domain.greeting)
+        return Verdict(True, score=score)
+
+    def output_check(self, message: str, answer: str) -> Optional[Verdict]:
+        result = self.rails.check_output(message, answer)
+        if result.blocked is None:
+            return None
+        return Verdict(False, result.blocked.reason, result.blocked.text, rail=result.blocked.rail)

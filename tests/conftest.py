@@ -63,3 +63,11 @@ def run_cli(*args, env=None, timeout=300, cwd=None, input_text=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, encoding="utf-8",
                           env=full_env, cwd=cwd or ROOT, input=input_text)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def audit_log_in_tmp(tmp_path_factory):
+    """Tests (and the CLI they start) write their audit lines to a temporary file, not the user's."""
+    path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    os.environ["GUARDEDCHAT_AUDIT_LOG"] = str(path)
+    return path
