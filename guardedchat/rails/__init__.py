@@ -79,18 +79,7 @@ class GuardRails:
             raise GuardedChatError(f"{config_dir(domain)}：NeMo Guardrails 設定無法載入（{exc}）。"
                                    "修正：對照 guardedchat/rails/config/ 修正 config.yml 與 rails.co。") from exc
         self.rails = LLMRails(config, llm=llm)
-        self.rails.register_action(self._action, "guardedchat_check")
-
-    async def _action(self, rail: str, context: Optional[dict] = None):
-        turn = self._turns.get((context or {}).get("guardedchat_turn"))
-        if turn is None or turn["result"].blocked is not None:
-            return turn is not None
-        blocked = self.checks.run(rail, turn)
-        turn["result"].activated.append(rail)
-        if blocked is not None:
-            turn["result"].blocked = blocked
-            return False
-        return True
+        register_checks(self.rails, checks, self._turns)
 
     def check_input(self, message: str, history: Sequence[dict]) -> RailResult:
         return self._run({"message": message, "history": list(history)},
@@ -111,6 +100,32 @@ class GuardRails:
             return turn["result"]
         finally:
             self._turns.pop(turn_id, None)
+
+
+def register_checks(app, checks: RailChecks, turns: Optional[dict] = None) -> None:
+    """Register GuardedChat's checks as the `guardedchat_check` action of a NeMo LLMRails app.
+
+    Within the pipeline, the turn (message, history, answer) comes from `turns` by the id passed in
+    the context; in a plain NeMo conversation (TestChat, the NeMo server) it comes from NeMo's own
+    context variables, so the same config works in both."""
+    turns = {} if turns is None else turns
+
+    async def guardedchat_check(rail: str, context: Optional[dict] = None):
+        context = context or {}
+        turn = turns.get(context.get("guardedchat_turn"))
+        if turn is None:
+            turn = {"message": context.get("user_message") or "", "answer": context.get("bot_message") or "",
+                    "history": [], "result": RailResult()}
+        if turn["result"].blocked is not None:
+            return False
+        blocked = checks.run(rail, turn)
+        turn["result"].activated.append(rail)
+        if blocked is not None:
+            turn["result"].blocked = blocked
+            return False
+        return True
+
+    app.register_action(guardedchat_check, "guardedchat_check")
 
 
 class BackendLLM:
