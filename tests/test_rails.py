@@ -38,10 +38,11 @@ def chat_with(checks, completions):
 def test_config_is_colang_1_passthrough_without_embedding_rails():
     config = RailsConfig.from_path(str(config_dir(MQ)))
     assert config.colang_version == "1.0" and config.passthrough is True and config.models == []
-    assert config.rails.input.flows == ["guardedchat message limits", "guardedchat injection",
-                                        "guardedchat banned words input", "guardedchat domain gate"]
-    assert config.rails.output.flows == ["guardedchat banned words output", "guardedchat system prompt leak",
-                                         "guardedchat answer drift"]
+    assert config.rails.input.flows == ["guardedchat input rails"]
+    assert config.rails.output.flows == ["guardedchat output rails"]
+    flows = (config_dir(MQ) / "rails.co").read_text(encoding="utf-8")
+    assert 'rails="message limits, injection, banned words input, domain gate"' in flows
+    assert 'rails="banned words output, system prompt leak, answer drift"' in flows
 
 
 def test_in_scope_question_reaches_the_model(checks):

@@ -1,8 +1,9 @@
 """NeMo Guardrails around the model: returns input and output verdicts from a real LLMRails config.
 
 The config (Colang 1.0, passthrough) lives in guardedchat/rails/config/ or, for a domain that ships
-its own, in domains/<id>/rails/. Each rail flow calls one action, `guardedchat_check(rail=...)`,
-backed by the checks in checks.py; the action records why it blocked, so the pipeline can show the
+its own, in domains/<id>/rails/. Each flow calls one action, `guardedchat_check(rails=...)`,
+backed by the checks in checks.py (the flow lists which rails to run, in order); the action
+records why it blocked, so the pipeline can show the
 user a short Traditional Chinese reason and the audit log can name the rail. Our backend is plugged
 in as an in-process `LLMModel` (no network, no LangChain, no hub downloads).
 """
@@ -110,19 +111,20 @@ def register_checks(app, checks: RailChecks, turns: Optional[dict] = None) -> No
     context variables, so the same config works in both."""
     turns = {} if turns is None else turns
 
-    async def guardedchat_check(rail: str, context: Optional[dict] = None):
+    async def guardedchat_check(rails: str, context: Optional[dict] = None):
         context = context or {}
         turn = turns.get(context.get("guardedchat_turn"))
         if turn is None:
             turn = {"message": context.get("user_message") or "", "answer": context.get("bot_message") or "",
                     "history": [], "result": RailResult()}
-        if turn["result"].blocked is not None:
-            return False
-        blocked = checks.run(rail, turn)
-        turn["result"].activated.append(rail)
-        if blocked is not None:
-            turn["result"].blocked = blocked
-            return False
+        for rail in (name.strip() for name in rails.split(",") if name.strip()):
+            if turn["result"].blocked is not None:
+                return False
+            blocked = checks.run(rail, turn)
+            turn["result"].activated.append(rail)
+            if blocked is not None:
+                turn["result"].blocked = blocked
+                return False
         return True
 
     app.register_action(guardedchat_check, "guardedchat_check")
