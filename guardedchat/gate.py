@@ -38,7 +38,7 @@ import yaml
 from .domains import Domain
 from .models import cache_dir
 
-GATE_VERSION = "9"  # bump when features or training change, so cached gates retrain
+GATE_VERSION = "11"  # bump when features or training change, so cached gates retrain
 MAX_FEATURE_CHARS = 600  # a 100 000-character message is judged on its start (and always refused later by limits)
 FOLLOWUP_MAX_CHARS = 40
 CONTEXT_DEPTH = 3  # a follow-up of a follow-up of a follow-up still counts; deeper history does not
@@ -205,7 +205,9 @@ def request_training_set(domains: Sequence[Domain]) -> tuple[list[str], list[int
     with every domain's entities on both sides, so that what is asked weighs more than who is named."""
     templates = _data("gate_templates")
     followups = set(_followup_texts())
-    positives, negatives = [], list(_general_out_of_scope())
+    # Jailbreak phrasing is the injection rules' job; here it would teach that "ignore" is off-domain.
+    general = _data("general_out_of_scope")["questions"]
+    positives, negatives = [], [q for name, qs in general.items() if name != "jailbreak" for q in qs]
     for domain in domains:
         positives += [q for q in domain.examples.in_scope if q not in followups]
         for kind, names in domain.lexicon.items():
@@ -285,13 +287,14 @@ class TrainedGate:
 
 def _entity_pattern(lexicon: Sequence[str]) -> Optional[re.Pattern]:
     """One regex for the lexicon, longest first: CJK names as substrings (no word breaks in Chinese),
-    ASCII terms of three or more characters as whole words (so 'ra' never matches inside 'rate')."""
+    ASCII terms of three or more characters (or a letter and a digit, like x0) as whole words, so
+    'ra' never matches inside 'rate'."""
     parts = []
     for entity in sorted({normalize(e) for e in lexicon}, key=len, reverse=True):
         if re.search(r"[\u3400-\u9fff]", entity):
             if len(entity) >= 2:
                 parts.append(re.escape(entity))
-        elif len(entity) >= 3:
+        elif len(entity) >= 3 or re.fullmatch(r"[a-z][0-9]", entity):  # x0, a7: register names
             parts.append(rf"(?<![a-z0-9_]){re.escape(entity)}(?![a-z0-9_])")
     return re.compile("|".join(parts)) if parts else None
 
