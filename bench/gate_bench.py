@@ -1,7 +1,8 @@
 """Domain gate benchmark: prints one JSON object.
 
 On the project's own evaluation sets (eval/gate_*.jsonl), in one run:
-  gate        GuardedChat's gate (lexicon, follow-ups, CV threshold), decision latency p50/p99
+  gate        GuardedChat's input screening as it runs in the pipeline (size limit, injection rules,
+              then the gate: lexicon, follow-ups, CV threshold), decision latency p50/p99
   naive       baseline (a): character n-gram TF-IDF + logistic regression on the YAML examples only,
               default 0.5 threshold, no conversation handling
   self_check  baseline (b): the default model asked, NeMo "self check input" style, whether the
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from guardedchat import gate as G  # noqa: E402
 from guardedchat.domains import load_all  # noqa: E402
+from guardedchat.screening import screen  # noqa: E402
 
 SELF_CHECK = """Your task is to check if the user message below complies with the policy for talking with the bot.
 
@@ -101,14 +103,14 @@ def main():
         cases = cases_for(domain.id)
         step = max(1, len(cases) // args.llm_cases)
         sample = cases[::step][: args.llm_cases]
-        ours = run(cases, lambda m, h: G.decide(gate, m, h).allowed)
+        ours = run(cases, lambda m, h: screen(domain, gate, m, h).allowed)
         out["domains"][domain.id] = {
             "train_seconds": round(train_s, 2),
             "threshold": gate.threshold,
             "gate": score(ours),
             "naive_baseline": score(run(cases, naive_baseline(domain, others))),
             "self_check_baseline": score(run(sample, self_check_baseline(domain, llm))),
-            "gate_on_self_check_sample": score(run(sample, lambda m, h: G.decide(gate, m, h).allowed)),
+            "gate_on_self_check_sample": score(run(sample, lambda m, h: screen(domain, gate, m, h).allowed)),
         }
     print(json.dumps(out, ensure_ascii=False, indent=2))
 
