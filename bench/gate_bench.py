@@ -13,7 +13,6 @@ Run: .venv/bin/python bench/gate_bench.py [--llm-cases 40]
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path

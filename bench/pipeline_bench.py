@@ -60,7 +60,7 @@ def refusals(pipeline, count):
 
 def guarded_turn(pipeline, question):
     started = time.perf_counter()
-    first, pieces = None, 0
+    first = None
     for event in pipeline.run(question):
         if isinstance(event, TextEvent) and first is None:
             first = time.perf_counter()

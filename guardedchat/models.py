@@ -86,7 +86,7 @@ def resolve_model(spec: Optional[str] = None, progress: Optional[Callable[[int, 
         return _resolve_registry_entry(registry[spec])
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf" or path.exists() or os.sep in spec:
-        fix = f"確認路徑正確，或重新下載這個 GGUF 檔；可用的模型見 `guardedchat models`。"
+        fix = "確認路徑正確，或重新下載這個 GGUF 檔；可用的模型見 `guardedchat models`。"
         return ResolvedModel(path.stem, path, None, fix)
     names = ", ".join(sorted(registry)) or DEFAULT_MODEL_NAME
     raise ModelLoadError(

@@ -47,21 +47,3 @@ def refusal_text(domain: Domain, decision: GateDecision) -> tuple[str, str, str]
         return "empty", "message limits", "請輸入問題。" + domain.greeting
     return "out_of_scope", "domain gate", domain.refusal
 
-
-def screening_check(others_of):
-    """A pipeline input check running screen() with the domain's gate (loaded on first use).
-    others_of(domain) lists the other loaded domains, whose examples are this gate's negatives."""
-    from .gate import gate_for
-
-    def check(domain: Domain, history: Sequence[dict], message: str):
-        from .pipeline import Verdict
-
-        decision = screen(domain, gate_for(domain, others_of(domain)), message, history)
-        if decision.decision == "greet":
-            return Verdict(True, "greeting", score=decision.score, canned=domain.greeting)
-        if decision.decision == "allow":
-            return Verdict(True, score=decision.score)
-        reason, rail, text = refusal_text(domain, decision)
-        return Verdict(False, reason, text, score=decision.score, rail=rail)
-
-    return check

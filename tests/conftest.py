@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guardedchat.backend import ChatPrompt, CompletionPrompt, ModelInfo
+from guardedchat.backend import ModelInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "guardedchat.cli"]

@@ -6,9 +6,9 @@ import pytest
 
 from guardedchat import gate as G
 from guardedchat.domains import load_all
-from guardedchat.pipeline import FinalEvent, Pipeline, RefusalEvent, TextEvent
-from guardedchat.runtime import other_domains
-from guardedchat.screening import screening_check
+from guardedchat.pipeline import FinalEvent, RefusalEvent, TextEvent
+from guardedchat.audit import AuditLog
+from guardedchat.runtime import build_pipeline, other_domains
 
 from .conftest import ROOT, ScriptedBackend, run_cli
 
@@ -122,7 +122,7 @@ def test_yaml_threshold_override(domains_copy):
 def test_refusal_never_calls_the_model(gates):
     domain = DOMAINS["mingqing"]
     backend = ScriptedBackend()
-    pipeline = Pipeline(domain, backend, input_checks=[screening_check(other_domains)])
+    pipeline = build_pipeline(domain, backend, audit=AuditLog(None))
     events = list(pipeline.run("高雄有什麼推薦的海產店？"))
     assert isinstance(events[0], RefusalEvent) and events[0].text == domain.refusal
     record = events[-1].record
@@ -133,7 +133,7 @@ def test_refusal_never_calls_the_model(gates):
 def test_greeting_answers_without_the_model(gates):
     domain = DOMAINS["riscv"]
     backend = ScriptedBackend()
-    events = list(Pipeline(domain, backend, input_checks=[screening_check(other_domains)]).run("你好！"))
+    events = list(build_pipeline(domain, backend, audit=AuditLog(None)).run("你好！"))
     assert [type(e) for e in events] == [TextEvent, FinalEvent]
     assert events[0].text == domain.greeting
     assert events[1].record.model_called is False and events[1].record.refused is False

@@ -4,9 +4,10 @@ import pytest
 
 from guardedchat.domains import load_all
 from guardedchat.injection import detect
-from guardedchat.pipeline import Pipeline, RefusalEvent
-from guardedchat.runtime import other_domains
-from guardedchat.screening import MAX_MESSAGE_CHARS, screening_check
+from guardedchat.pipeline import RefusalEvent
+from guardedchat.audit import AuditLog
+from guardedchat.runtime import build_pipeline
+from guardedchat.screening import MAX_MESSAGE_CHARS
 
 from .conftest import ROOT, ScriptedBackend
 
@@ -75,7 +76,7 @@ DOMAIN = load_all(ROOT / "domains").loaded["mingqing"]
 ])
 def test_blocked_turns_show_why_and_never_call_the_model(message, reason, rail, text):
     backend = ScriptedBackend()
-    events = list(Pipeline(DOMAIN, backend, input_checks=[screening_check(other_domains)]).run(message))
+    events = list(build_pipeline(DOMAIN, backend, audit=AuditLog(None)).run(message))
     assert isinstance(events[0], RefusalEvent)
     assert (events[0].reason, events[0].text) == (reason, text)
     record = events[-1].record

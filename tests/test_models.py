@@ -6,7 +6,6 @@ from guardedchat.backend import LlamaCppBackend
 from guardedchat.errors import ModelLoadError
 from guardedchat.models import ensure_default_model, models_dir, resolve_model
 
-from .conftest import ROOT
 
 
 def test_default_model_is_assembled_and_verified():

@@ -6,13 +6,13 @@ import threading
 
 import pytest
 from nemoguardrails import LLMRails, RailsConfig
-from nemoguardrails.testing import FakeLLMModel, TestChat
+from nemoguardrails.testing import TestChat
 
 from guardedchat.audit import AuditLog
 from guardedchat.domains import load_all
 from guardedchat.gate import gate_for
 from guardedchat.pipeline import FinalEvent, Pipeline, RefusalEvent, TextEvent, sampling
-from guardedchat.rails import BackendLLM, GuardRails, config_dir, register_checks
+from guardedchat.rails import BackendLLM, config_dir, register_checks
 from guardedchat.rails.checks import OutputGuard, RailChecks
 from guardedchat.runtime import LazyRails, other_domains
 from guardedchat.taiwan import for_domain

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from ..domains import Domain
 from ..gate import GateDecision, TrainedGate, normalize
