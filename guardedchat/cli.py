@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import threading
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
@@ -81,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--json", action="store_true", help="print the JSON report (default: a summary)")
     gate.add_argument("--report", metavar="DIR", help="also write an HTML report with PNG plots into DIR")
     gate.set_defaults(handler=cmd_eval_gate)
+
+    feedback = commands.add_parser("feedback", help="ratings users gave: export them, or turn them into candidate examples")
+    actions = feedback.add_subparsers(title="actions", metavar="ACTION")
+    export = actions.add_parser("export", help="print every rating as JSON lines or CSV")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument("--domain", metavar="ID", help="only this domain")
+    export.add_argument("--db", metavar="PATH", help="feedback database (default: $GUARDEDCHAT_FEEDBACK_DB or ~/.cache/guardedchat/feedback.sqlite3)")
+    export.set_defaults(handler=cmd_feedback_export)
+    suggest = actions.add_parser("suggest", help="wrongly refused questions as candidate in-scope examples (YAML, for review)")
+    suggest.add_argument("--domain", metavar="ID", help="only this domain")
+    suggest.add_argument("--db", metavar="PATH", help="feedback database")
+    suggest.set_defaults(handler=cmd_feedback_suggest)
 
     setup = commands.add_parser("setup", help="assemble and verify the default model (run by `make install`)")
     setup.set_defaults(handler=cmd_setup)
@@ -296,6 +309,31 @@ def cmd_eval_gate(args) -> int:
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.2%}"
+
+
+def _feedback_store(args):
+    from .feedback import FeedbackStore, default_path
+
+    path = Path(args.db) if args.db else default_path()
+    if not path.exists():
+        raise InputError(f"找不到回饋資料庫 {path}。修正：先在網頁上給評分，或用 --db 指定檔案。")
+    return FeedbackStore(path)
+
+
+def cmd_feedback_export(args) -> int:
+    from .feedback import export
+
+    sys.stdout.write(export(_feedback_store(args).rows(args.domain), args.format))
+    return 0
+
+
+def cmd_feedback_suggest(args) -> int:
+    from .feedback import suggest
+
+    report = load_all()
+    known = {d.id: set(d.examples.in_scope) for d in report.loaded.values()}
+    sys.stdout.write(suggest(_feedback_store(args).rows(args.domain), known))
+    return 0
 
 
 def cmd_setup(args) -> int:
