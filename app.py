@@ -1,18 +1,17 @@
-"""GuardedChat entry point (`python app.py`, `make run`): an interactive chat on the default model.
+"""GuardedChat's page (`python app.py`, `make run`, Hugging Face Spaces).
 
-Importing this module does nothing slow; the model loads on the first question.
-Environment: GUARDEDCHAT_DOMAIN (default mingqing), GUARDEDCHAT_MODEL (registry name or GGUF path).
+Importing this module does nothing slow; the model loads on the first question. Gradio's own
+GRADIO_SERVER_NAME and GRADIO_SERVER_PORT choose the address; GUARDEDCHAT_MODEL the model.
 """
 
-import os
 import sys
 
 
 def main() -> int:
-    from guardedchat.cli import main as cli_main
+    from guardedchat.ui import launch
 
-    domain = os.environ.get("GUARDEDCHAT_DOMAIN", "mingqing")
-    return cli_main(["chat", "--domain", domain, *sys.argv[1:]])
+    launch()
+    return 0
 
 
 if __name__ == "__main__":
