@@ -7,8 +7,12 @@ gates and rails load on the first question.
 from __future__ import annotations
 
 import html
+import json
 import os
+import tempfile
 import threading
+import time
+from collections import defaultdict, deque
 from typing import Optional
 
 import gradio as gr
@@ -17,6 +21,7 @@ from .domains import load_all
 from .feedback import FeedbackStore
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .runtime import BackendSettings, build_pipeline, get_backend
+from .settings import PageSettings, load_settings
 
 REFUSAL_TITLES = {
     "out_of_scope": "超出範圍", "unsafe_request": "不安全的要求", "reveal_instructions": "無法分享指示",
@@ -26,12 +31,64 @@ REFUSAL_TITLES = {
 
 CSS = ".gc-panel {font-size: 0.9em}"
 
+LABELS = {
+    "zh-TW": {"domain": "領域", "chat": "對話", "question": "問題", "placeholder": "輸入問題後按 Enter", "send": "送出",
+              "stop": "停止", "retry": "重試", "undo": "復原", "clear": "清除", "should_answer": "這題應該回答",
+              "examples": "範例問題", "export_md": "匯出 Markdown", "export_json": "匯出 JSON", "download": "下載"},
+    "English": {"domain": "Domain", "chat": "Conversation", "question": "Question", "placeholder": "Type a question and press Enter",
+                "send": "Send", "stop": "Stop", "retry": "Retry", "undo": "Undo", "clear": "Clear",
+                "should_answer": "This should have been answered", "examples": "Example questions",
+                "export_md": "Export Markdown", "export_json": "Export JSON", "download": "Download"},
+}
+
+LIMIT_MESSAGES = {
+    "too_long": "抱歉，訊息太長（這個網頁上限 {limit} 字）。請縮短問題後再試一次。",
+    "too_many_turns": "這段對話已達 {limit} 輪上限。請按「清除」開始新的對話。",
+    "rate_limited": "您的提問太頻繁了（每分鐘最多 {limit} 則）。請稍候再試。",
+}
+
+
+class RateLimiter:
+    """At most `limit` messages per client per minute (a sliding window)."""
+
+    def __init__(self, limit: Optional[int]):
+        self.limit = limit
+        self._times: dict[str, deque] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def allow(self, client: str) -> bool:
+        if not self.limit:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            times = self._times[client]
+            while times and now - times[0] > 60:
+                times.popleft()
+            if len(times) >= self.limit:
+                return False
+            times.append(now)
+            return True
+
+
+def client_address(request, trusted_proxies) -> str:
+    """The client's address; x-forwarded-for is believed only from a configured proxy."""
+    if request is None or request.client is None:
+        return "unknown"
+    host = request.client.host
+    forwarded = request.headers.get("x-forwarded-for") if request.headers else None
+    if forwarded and host in trusted_proxies:
+        return forwarded.split(",")[0].strip()
+    return host
+
 
 class ChatService:
     """What the page needs from the rest of GuardedChat: pipelines per domain and the feedback store."""
 
-    def __init__(self, settings: Optional[BackendSettings] = None, feedback: Optional[FeedbackStore] = None):
+    def __init__(self, settings: Optional[BackendSettings] = None, feedback: Optional[FeedbackStore] = None,
+                 page: Optional[PageSettings] = None):
         self.settings = settings or BackendSettings.from_env()
+        self.page = page or load_settings()
+        self.limiter = RateLimiter(self.page.rate_limit_per_minute)
         report = load_all()
         self.domains = report.loaded
         self.failed = report.failed
@@ -105,35 +162,47 @@ def _panel(record, service: ChatService) -> str:
 def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
     """The page. Nothing slow happens here: the model loads on the first question."""
     service = service or ChatService()
+    page = service.page
     ids = sorted(service.domains)
     first = service.domains[ids[0]]
-    with gr.Blocks(title="GuardedChat") as app:
+    text = LABELS["zh-TW"]
+    with gr.Blocks(title="GuardedChat", analytics_enabled=False) as app:
         last = gr.State({})
         with gr.Row():
-            domain = gr.Dropdown(choices=[(service.domains[i].title, i) for i in ids], value=ids[0], label="領域")
+            domain = gr.Dropdown(choices=[(service.domains[i].title, i) for i in ids], value=ids[0], label=text["domain"])
+            language = gr.Radio(["zh-TW", "English"], value="zh-TW", label="介面語言 / Language")
         scope = gr.Markdown(_scope(first))
         with gr.Row():
             with gr.Column(scale=4):
-                chatbot = gr.Chatbot(value=_greeting(first), label="對話", height=480, sanitize_html=True)
-                message = gr.Textbox(label="問題", placeholder="輸入問題後按 Enter", max_lines=6)
+                chatbot = gr.Chatbot(value=_greeting(first), label=text["chat"], height=480, sanitize_html=True)
+                message = gr.Textbox(label=text["question"], placeholder=text["placeholder"], max_lines=6)
                 with gr.Row():
-                    send = gr.Button("送出", variant="primary")
-                    stop = gr.Button("停止")
-                    retry = gr.Button("重試")
-                    undo = gr.Button("復原")
-                    clear = gr.Button("清除")
-                    should_answer = gr.Button("這題應該回答")
-                examples = gr.Dataset(components=[message], samples=_samples(first), label="範例問題")
-            with gr.Column(scale=1, elem_classes=["gc-panel"]):
+                    send = gr.Button(text["send"], variant="primary")
+                    stop = gr.Button(text["stop"])
+                    retry = gr.Button(text["retry"])
+                    undo = gr.Button(text["undo"])
+                    clear = gr.Button(text["clear"])
+                    should_answer = gr.Button(text["should_answer"])
+                examples = gr.Dataset(components=[message], samples=_samples(first), label=text["examples"])
+                with gr.Row():
+                    export_md = gr.Button(text["export_md"])
+                    export_json = gr.Button(text["export_json"])
+                download = gr.File(label=text["download"], interactive=False)
+            with gr.Column(scale=1, elem_classes=["gc-panel"], visible=page.show_panel):
                 panel = gr.Markdown("**閘門分數**：—\n\n**觸發的防護**：—")
                 status = gr.Markdown("")
 
-        def respond(text, history, domain_id):
+        def respond(question, history, domain_id, request: gr.Request = None):
             history = list(history or [])
-            text = str(text or "")
-            history.append({"role": "user", "content": text})
+            question = str(question or "")
+            history.append({"role": "user", "content": question})
+            refused = _page_limits(service, question, history, request)
+            if refused:
+                history.append({"role": "assistant", "content": refused, "metadata": {"title": "🚫 網頁限制", "status": "done"}})
+                yield history, gr.update(), {}
+                return
             history.append({"role": "assistant", "content": ""})
-            events = service.pipeline(domain_id).run(text, _plain_history(history[:-2]))
+            events = service.pipeline(domain_id).run(question, _plain_history(history[:-2]))
             try:
                 for event in events:
                     if isinstance(event, TextEvent):
@@ -141,12 +210,12 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                         yield history, gr.update(), {}
                     elif isinstance(event, RefusalEvent):
                         title = "🚫 " + REFUSAL_TITLES.get(event.reason, "已拒絕")
-                        history[-1] = {"role": "assistant", "content": event.text, "metadata": {"title": title, "status": "done"}}
+                        history[-1] = {"role": "assistant", "content": event.text,
+                                       "metadata": {"title": title, "status": "done"}}
                         yield history, gr.update(), {}
                     elif isinstance(event, FinalEvent):
-                        record = event.record
-                        yield history, _panel(record, service), {"domain": domain_id, "question": text,
-                                                                 "record": record.to_json()}
+                        yield history, _panel(event.record, service), {
+                            "domain": domain_id, "question": question, "record": event.record.to_json()}
             finally:
                 events.close()  # Stop closes this generator; closing the pipeline stops llama.cpp
 
@@ -159,31 +228,38 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
 
         def undo_last(history):
             history = list(history or [])
-            while history and (history[-1].get("role") if isinstance(history[-1], dict) else None) == "assistant":
+            while history and _role(history[-1]) == "assistant":
                 history.pop()
             if history:
                 history.pop()
             return history
 
-        def retry_last(history, domain_id):
+        def retry_last(history, domain_id, request: gr.Request = None):
             history = list(history or [])
             question = ""
             while history:
                 item = history.pop()
-                if isinstance(item, dict) and item.get("role") == "user":
+                if _role(item) == "user":
                     question = _text(item.get("content"))
                     break
             if not question:
                 yield history, gr.update(), {}
                 return
-            yield from respond(question, history, domain_id)
+            yield from respond(question, history, domain_id, request)
 
         def rate(data: gr.LikeData, history, state):
-            rating = "up" if data.liked else "down"
-            return _store(service, state, rating, history)
+            return _store(service, state, "up" if data.liked else "down", history)
 
         def mark_should_answer(history, state):
             return _store(service, state, "should_answer", history)
+
+        def relabel(choice):
+            labels = LABELS[choice]
+            return (gr.update(label=labels["domain"]), gr.update(label=labels["chat"]),
+                    gr.update(label=labels["question"], placeholder=labels["placeholder"]),
+                    *[gr.update(value=labels[key]) for key in ("send", "stop", "retry", "undo", "clear",
+                                                               "should_answer", "export_md", "export_json")],
+                    gr.update(label=labels["examples"]), gr.update(label=labels["download"]))
 
         submitted = gr.on([message.submit, send.click], respond, [message, chatbot, domain], [chatbot, panel, last])
         gr.on([message.submit, send.click], clear_box, None, message)
@@ -195,7 +271,47 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
         examples.click(lambda sample: sample[0], examples, message)
         chatbot.like(rate, [chatbot, last], status)
         should_answer.click(mark_should_answer, [chatbot, last], status)
+        export_md.click(lambda h, d: _export(h, d, "md"), [chatbot, domain], download, api_name="export_markdown")
+        export_json.click(lambda h, d: _export(h, d, "json"), [chatbot, domain], download, api_name="export_json")
+        language.change(relabel, language, [domain, chatbot, message, send, stop, retry, undo, clear, should_answer,
+                                            export_md, export_json, examples, download])
     return app
+
+
+def _role(message) -> Optional[str]:
+    return message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+
+
+def _page_limits(service: ChatService, question: str, history: list, request) -> Optional[str]:
+    """The page's own limits (showcase profile): message length, turns, messages per minute."""
+    page = service.page
+    if len(question) > page.max_message_chars:
+        return LIMIT_MESSAGES["too_long"].format(limit=page.max_message_chars)
+    turns = sum(1 for m in history if _role(m) == "user")
+    if page.max_turns and turns > page.max_turns:
+        return LIMIT_MESSAGES["too_many_turns"].format(limit=page.max_turns)
+    if not service.limiter.allow(client_address(request, page.trusted_proxies)):
+        return LIMIT_MESSAGES["rate_limited"].format(limit=page.rate_limit_per_minute)
+    return None
+
+
+def _export(history, domain_id: str, kind: str) -> str:
+    """The conversation as a Markdown or JSON file for download."""
+    messages = [{"role": _role(m), "content": _text(m.get("content") if isinstance(m, dict) else m.content),
+                 "refusal": bool(((m.get("metadata") if isinstance(m, dict) else None) or {}).get("title"))}
+                for m in history or []]
+    folder = tempfile.mkdtemp(prefix="guardedchat-export-")
+    if kind == "json":
+        path = os.path.join(folder, "conversation.json")
+        body = json.dumps({"domain": domain_id, "messages": messages}, ensure_ascii=False, indent=2)
+    else:
+        path = os.path.join(folder, "conversation.md")
+        names = {"user": "你", "assistant": "助理"}
+        body = f"# GuardedChat 對話（{domain_id}）\n\n" + "\n\n".join(
+            f"**{names.get(m['role'], m['role'])}**{'（拒絕）' if m['refusal'] else ''}：{m['content']}" for m in messages)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(body + "\n")
+    return path
 
 
 def _store(service: ChatService, state: dict, rating: str, history) -> str:
@@ -223,8 +339,15 @@ def _samples(domain) -> list[list[str]]:
     return [[question] for question in domain.examples.in_scope[:8]]
 
 
-def launch(app: Optional[gr.Blocks] = None, **kwargs):
-    """Start the server; GRADIO_SERVER_NAME and GRADIO_SERVER_PORT are honoured by Gradio itself."""
-    app = app or create_app()
-    app.queue(default_concurrency_limit=int(os.environ.get("GUARDEDCHAT_CONCURRENCY", "1")))
+def launch(app: Optional[gr.Blocks] = None, service: Optional[ChatService] = None, **kwargs):
+    """Start the server with the deployment profile's queue, login and browser settings.
+    GRADIO_SERVER_NAME and GRADIO_SERVER_PORT are honoured by Gradio itself."""
+    service = service or (None if app is not None else ChatService())
+    page = service.page if service is not None else load_settings()
+    app = app or create_app(service)
+    app.queue(default_concurrency_limit=int(os.environ.get("GUARDEDCHAT_CONCURRENCY", "1")),
+              max_size=page.queue_size)
+    if page.users:
+        kwargs.setdefault("auth", list(page.users.items()))
+    kwargs.setdefault("inbrowser", page.open_browser)
     return app.launch(css=CSS, **kwargs)

@@ -1,11 +1,14 @@
 """The page, launched for real and driven by gradio_client: chat, refusal, domain switch, feedback."""
 
+import json
 import socket
 
 import pytest
 from gradio_client import Client
 
 from guardedchat.feedback import FeedbackStore
+from guardedchat.settings import PageSettings, load_settings
+from guardedchat.errors import InputError
 from guardedchat.ui import ChatService, create_app, launch
 
 pytestmark = pytest.mark.model
@@ -22,7 +25,7 @@ def page(tmp_path_factory):
     store = FeedbackStore(tmp_path_factory.mktemp("ui") / "feedback.sqlite3")
     port = _free_port()
     app = create_app(ChatService(feedback=store))
-    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
     yield f"http://127.0.0.1:{port}/", store
     app.close()
 
@@ -71,3 +74,73 @@ def test_should_have_been_answered_is_stored(page):
     row = store.rows()[-1]
     assert (row["rating"], row["question"], row["refused"], row["rails"]) == \
         ("should_answer", "推薦台北的牛肉麵", True, ["domain gate"])
+
+
+def test_export_markdown_and_json(page):
+    url, _ = page
+    client = Client(url, verbose=False)
+    history, _ = client.predict("推薦台北的牛肉麵", [], "mingqing", api_name="/respond")
+    markdown = open(client.predict(history, "mingqing", api_name="/export_markdown"), encoding="utf-8").read()
+    assert markdown.startswith("# GuardedChat 對話（mingqing）\n\n**你**：推薦台北的牛肉麵\n\n**助理**（拒絕）：抱歉")
+    exported = json.load(open(client.predict(history, "mingqing", api_name="/export_json"), encoding="utf-8"))
+    assert exported["messages"][0] == {"role": "user", "content": "推薦台北的牛肉麵", "refusal": False}
+
+
+@pytest.fixture(scope="module")
+def showcase(tmp_path_factory):
+    settings = PageSettings(profile="showcase", show_panel=False, rate_limit_per_minute=2, max_message_chars=30,
+                            max_turns=2, queue_size=4, trusted_proxies=["127.0.0.1"])
+    store = FeedbackStore(tmp_path_factory.mktemp("showcase") / "feedback.sqlite3")
+    port = _free_port()
+    app = create_app(ChatService(feedback=store, page=settings))
+    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def last_reply(client, message, history=(), ip="10.0.0.1"):
+    history, _ = client.predict(message, list(history), "mingqing", api_name="/respond")
+    return history, texts(history)[-1]
+
+
+def test_showcase_limits(showcase):
+    client = Client(showcase, verbose=False, headers={"x-forwarded-for": "10.0.0.1"})
+    _, (_, text, title) = last_reply(client, "長" * 31)
+    assert (title, text) == ("🚫 網頁限制", "抱歉，訊息太長（這個網頁上限 30 字）。請縮短問題後再試一次。")
+    history = [{"role": role, "content": [{"type": "text", "text": text}]}
+               for role, text in (("user", "甲"), ("assistant", "乙"), ("user", "丙"), ("assistant", "丁"))]
+    _, (_, text, _) = last_reply(client, "海瑞是誰？", history)
+    assert text == "這段對話已達 2 輪上限。請按「清除」開始新的對話。"
+
+
+def test_showcase_rate_limit_per_forwarded_client(showcase):
+    first = Client(showcase, verbose=False, headers={"x-forwarded-for": "10.0.0.7"})
+    second = Client(showcase, verbose=False, headers={"x-forwarded-for": "10.0.0.8"})
+    replies = [last_reply(first, "你好")[1][1] for _ in range(3)]
+    assert replies[2] == "您的提問太頻繁了（每分鐘最多 2 則）。請稍候再試。"
+    assert last_reply(second, "你好")[1][1].startswith("您好")
+
+
+@pytest.mark.parametrize("profile,env,message", [
+    ("nope", {}, "不認得的部署設定檔 'nope'。修正：GUARDEDCHAT_PROFILE 用 desktop, showcase, lab 之一。"),
+    ("lab", {}, "部署設定檔 'lab' 需要登入，但沒有設定使用者。修正：設定 GUARDEDCHAT_USERS=\"名稱:密碼\" 或在設定檔加上 users:。"),
+])
+def test_bad_profiles_say_what_to_do(monkeypatch, profile, env, message):
+    monkeypatch.delenv("GUARDEDCHAT_USERS", raising=False)
+    with pytest.raises(InputError) as caught:
+        load_settings(profile)
+    assert str(caught.value) == message
+
+
+def test_profiles_and_settings_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("GUARDEDCHAT_USERS", "ada:pw1,lin:pw2")
+    lab = load_settings("lab")
+    assert lab.users == {"ada": "pw1", "lin": "pw2"} and lab.login_required
+    showcase = load_settings("showcase")
+    assert (showcase.show_panel, showcase.rate_limit_per_minute, showcase.max_turns) == (False, 10, 20)
+    path = tmp_path / "settings.yaml"
+    path.write_text("max_turns: 5\ntrusted_proxies: [10.1.1.1]\n", encoding="utf-8")
+    assert load_settings("showcase", path).max_turns == 5
+    path.write_text("max_turnz: 5\n", encoding="utf-8")
+    with pytest.raises(InputError, match="max_turnz"):
+        load_settings("showcase", path)
