@@ -121,15 +121,26 @@ def _text(content) -> str:
     return "" if content is None else str(content)
 
 
+REFUSAL_MARK = "🚫 "
+
+
+def _refusal(title: str, text: str) -> str:
+    """A refusal, styled apart from model text: a marked title and the reason as a quote."""
+    return f"{REFUSAL_MARK}**{title}**\n\n> {text}"
+
+
+def _is_refusal(content: str) -> bool:
+    return content.startswith(REFUSAL_MARK)
+
+
 def _plain_history(history: list) -> list[dict]:
-    """Only answered turns go back to the model; refusals and greetings carry metadata and stay out."""
+    """Only answered turns go back to the model; refusals stay out (and so do their questions)."""
     plain = []
     for message in history or []:
         role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-        content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
-        metadata = (message.get("metadata") if isinstance(message, dict) else getattr(message, "metadata", None)) or {}
-        if role in ("user", "assistant") and not metadata.get("title"):
-            plain.append({"role": role, "content": _text(content)})
+        content = _text(message.get("content") if isinstance(message, dict) else getattr(message, "content", None))
+        if role in ("user", "assistant") and not _is_refusal(content):
+            plain.append({"role": role, "content": content})
     return _drop_unanswered(plain)
 
 
@@ -198,7 +209,7 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
             history.append({"role": "user", "content": question})
             refused = _page_limits(service, question, history, request)
             if refused:
-                history.append({"role": "assistant", "content": refused, "metadata": {"title": "🚫 網頁限制", "status": "done"}})
+                history.append({"role": "assistant", "content": _refusal("網頁限制", refused)})
                 yield history, gr.update(), {}
                 return
             history.append({"role": "assistant", "content": ""})
@@ -209,9 +220,8 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                         history[-1] = {"role": "assistant", "content": _text(history[-1]["content"]) + event.text}
                         yield history, gr.update(), {}
                     elif isinstance(event, RefusalEvent):
-                        title = "🚫 " + REFUSAL_TITLES.get(event.reason, "已拒絕")
-                        history[-1] = {"role": "assistant", "content": event.text,
-                                       "metadata": {"title": title, "status": "done"}}
+                        history[-1] = {"role": "assistant",
+                                       "content": _refusal(REFUSAL_TITLES.get(event.reason, "已拒絕"), event.text)}
                         yield history, gr.update(), {}
                     elif isinstance(event, FinalEvent):
                         yield history, _panel(event.record, service), {
@@ -297,9 +307,10 @@ def _page_limits(service: ChatService, question: str, history: list, request) ->
 
 def _export(history, domain_id: str, kind: str) -> str:
     """The conversation as a Markdown or JSON file for download."""
-    messages = [{"role": _role(m), "content": _text(m.get("content") if isinstance(m, dict) else m.content),
-                 "refusal": bool(((m.get("metadata") if isinstance(m, dict) else None) or {}).get("title"))}
-                for m in history or []]
+    messages = []
+    for m in history or []:
+        content = _text(m.get("content") if isinstance(m, dict) else m.content)
+        messages.append({"role": _role(m), "content": content, "refusal": _is_refusal(content)})
     folder = tempfile.mkdtemp(prefix="guardedchat-export-")
     if kind == "json":
         path = os.path.join(folder, "conversation.json")

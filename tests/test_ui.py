@@ -31,8 +31,13 @@ def page(tmp_path_factory):
 
 
 def texts(history):
-    return [(m["role"], "".join(part["text"] for part in m["content"]), (m.get("metadata") or {}).get("title"))
-            for m in history]
+    """(role, text, refusal title or None) per message."""
+    rows = []
+    for m in history:
+        text = "".join(part["text"] for part in m["content"])
+        title = text.split("**")[1] if text.startswith("🚫 **") else None
+        rows.append((m["role"], text.split("\n\n> ", 1)[1] if title else text, title))
+    return rows
 
 
 def test_in_scope_question_streams_an_answer(page):
@@ -47,7 +52,8 @@ def test_in_scope_question_streams_an_answer(page):
 def test_refusal_is_styled_apart_and_names_the_rail(page):
     url, _ = page
     history, panel = Client(url, verbose=False).predict("推薦台北的牛肉麵", [], "mingqing", api_name="/respond")
-    assert texts(history)[1][2] == "🚫 超出範圍"
+    assert texts(history)[1][2] == "超出範圍"
+    assert texts(history)[1][1].startswith("抱歉，這個問題超出「明清人物研究助理」的範圍。")
     assert panel.endswith("**觸發的防護**：domain gate")
 
 
@@ -81,7 +87,7 @@ def test_export_markdown_and_json(page):
     client = Client(url, verbose=False)
     history, _ = client.predict("推薦台北的牛肉麵", [], "mingqing", api_name="/respond")
     markdown = open(client.predict(history, "mingqing", api_name="/export_markdown"), encoding="utf-8").read()
-    assert markdown.startswith("# GuardedChat 對話（mingqing）\n\n**你**：推薦台北的牛肉麵\n\n**助理**（拒絕）：抱歉")
+    assert markdown.startswith("# GuardedChat 對話（mingqing）\n\n**你**：推薦台北的牛肉麵\n\n**助理**（拒絕）：🚫 **超出範圍**")
     exported = json.load(open(client.predict(history, "mingqing", api_name="/export_json"), encoding="utf-8"))
     assert exported["messages"][0] == {"role": "user", "content": "推薦台北的牛肉麵", "refusal": False}
 
@@ -106,7 +112,7 @@ def last_reply(client, message, history=(), ip="10.0.0.1"):
 def test_showcase_limits(showcase):
     client = Client(showcase, verbose=False, headers={"x-forwarded-for": "10.0.0.1"})
     _, (_, text, title) = last_reply(client, "長" * 31)
-    assert (title, text) == ("🚫 網頁限制", "抱歉，訊息太長（這個網頁上限 30 字）。請縮短問題後再試一次。")
+    assert (title, text) == ("網頁限制", "抱歉，訊息太長（這個網頁上限 30 字）。請縮短問題後再試一次。")
     history = [{"role": role, "content": [{"type": "text", "text": text}]}
                for role, text in (("user", "甲"), ("assistant", "乙"), ("user", "丙"), ("assistant", "丁"))]
     _, (_, text, _) = last_reply(client, "海瑞是誰？", history)
