@@ -18,6 +18,7 @@ from typing import Optional
 import gradio as gr
 
 from .domains import load_all
+from .errors import GuardedChatError
 from .feedback import FeedbackStore
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .runtime import BackendSettings, build_pipeline, get_backend
@@ -34,11 +35,13 @@ CSS = ".gc-panel {font-size: 0.9em}"
 LABELS = {
     "zh-TW": {"domain": "領域", "chat": "對話", "question": "問題", "placeholder": "輸入問題後按 Enter", "send": "送出",
               "stop": "停止", "retry": "重試", "undo": "復原", "clear": "清除", "should_answer": "這題應該回答",
-              "examples": "範例問題", "export_md": "匯出 Markdown", "export_json": "匯出 JSON", "download": "下載"},
+              "examples": "範例問題", "export_md": "匯出 Markdown", "export_json": "匯出 JSON", "download": "下載",
+              "comment": "回饋意見（選填）", "comment_placeholder": "評分時一併送出"},
     "English": {"domain": "Domain", "chat": "Conversation", "question": "Question", "placeholder": "Type a question and press Enter",
                 "send": "Send", "stop": "Stop", "retry": "Retry", "undo": "Undo", "clear": "Clear",
                 "should_answer": "This should have been answered", "examples": "Example questions",
-                "export_md": "Export Markdown", "export_json": "Export JSON", "download": "Download"},
+                "export_md": "Export Markdown", "export_json": "Export JSON", "download": "Download",
+                "comment": "Comment (optional)", "comment_placeholder": "Sent with your rating"},
 }
 
 LIMIT_MESSAGES = {
@@ -194,6 +197,7 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                     undo = gr.Button(text["undo"])
                     clear = gr.Button(text["clear"])
                     should_answer = gr.Button(text["should_answer"])
+                comment = gr.Textbox(label=text["comment"], placeholder=text["comment_placeholder"], max_lines=3)
                 examples = gr.Dataset(components=[message], samples=_samples(first), label=text["examples"])
                 with gr.Row():
                     export_md = gr.Button(text["export_md"])
@@ -224,6 +228,10 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                                        "content": _refusal(REFUSAL_TITLES.get(event.reason, "已拒絕"), event.text)}
                         yield history, gr.update(), {}
                     elif isinstance(event, FinalEvent):
+                        if event.record.sources and not event.record.refused:
+                            sources = "；".join(f"[{x['number']}] {x['title']}" for x in event.record.sources)
+                            history[-1] = {"role": "assistant",
+                                           "content": _text(history[-1]["content"]) + f"\n\n來源：{sources}"}
                         yield history, _panel(event.record, service), {
                             "domain": domain_id, "question": question, "record": event.record.to_json()}
             finally:
@@ -257,11 +265,11 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 return
             yield from respond(question, history, domain_id, request)
 
-        def rate(data: gr.LikeData, history, state):
-            return _store(service, state, "up" if data.liked else "down", history)
+        def rate(data: gr.LikeData, history, state, note):
+            return _store(service, state, "up" if data.liked else "down", history, note), ""
 
-        def mark_should_answer(history, state):
-            return _store(service, state, "should_answer", history)
+        def mark_should_answer(history, state, note):
+            return _store(service, state, "should_answer", history, note), ""
 
         def relabel(choice):
             labels = LABELS[choice]
@@ -269,7 +277,8 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                     gr.update(label=labels["question"], placeholder=labels["placeholder"]),
                     *[gr.update(value=labels[key]) for key in ("send", "stop", "retry", "undo", "clear",
                                                                "should_answer", "export_md", "export_json")],
-                    gr.update(label=labels["examples"]), gr.update(label=labels["download"]))
+                    gr.update(label=labels["examples"]), gr.update(label=labels["download"]),
+                    gr.update(label=labels["comment"], placeholder=labels["comment_placeholder"]))
 
         submitted = gr.on([message.submit, send.click], respond, [message, chatbot, domain], [chatbot, panel, last])
         gr.on([message.submit, send.click], clear_box, None, message)
@@ -279,12 +288,12 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
         clear.click(lambda d: (_greeting(service.domains[d]), {}), domain, [chatbot, last])
         domain.change(switch, domain, [chatbot, scope, examples, last])
         examples.click(lambda sample: sample[0], examples, message)
-        chatbot.like(rate, [chatbot, last], status)
-        should_answer.click(mark_should_answer, [chatbot, last], status)
+        chatbot.like(rate, [chatbot, last, comment], [status, comment])
+        should_answer.click(mark_should_answer, [chatbot, last, comment], [status, comment])
         export_md.click(lambda h, d: _export(h, d, "md"), [chatbot, domain], download, api_name="export_markdown")
         export_json.click(lambda h, d: _export(h, d, "json"), [chatbot, domain], download, api_name="export_json")
         language.change(relabel, language, [domain, chatbot, message, send, stop, retry, undo, clear, should_answer,
-                                            export_md, export_json, examples, download])
+                                            export_md, export_json, examples, download, comment])
     return app
 
 
@@ -325,17 +334,26 @@ def _export(history, domain_id: str, kind: str) -> str:
     return path
 
 
-def _store(service: ChatService, state: dict, rating: str, history) -> str:
+def _store(service: ChatService, state: dict, rating: str, history, note: str = "") -> str:
     if not state:
         return "（還沒有可評分的回答）"
     record = state["record"]
     if rating == "should_answer" and not record.get("refused"):
         return "這一題沒有被拒絕，不需要標記。"
+    try:
+        _add_feedback(service, state, rating, history, note)
+    except GuardedChatError as exc:
+        return f"⚠️ {exc}"
+    return "已記錄您的回饋，謝謝！"
+
+
+def _add_feedback(service: ChatService, state: dict, rating: str, history, note: str) -> None:
+    record = state["record"]
     service.feedback.add(domain=state["domain"], rating=rating, question=state["question"], answer=record["answer"],
+                         comment=note or "",
                          model=record.get("model"), messages=_plain_history(history),
                          gate_score=(record.get("gate") or {}).get("score"), rails=record.get("rails") or [],
                          refused=bool(record.get("refused")))
-    return "已記錄您的回饋，謝謝！"
 
 
 def _greeting(domain) -> list[dict]:
@@ -361,4 +379,9 @@ def launch(app: Optional[gr.Blocks] = None, service: Optional[ChatService] = Non
     if page.users:
         kwargs.setdefault("auth", list(page.users.items()))
     kwargs.setdefault("inbrowser", page.open_browser)
+    if page.profile == "showcase":
+        # Strangers use it: no monitoring dashboard, no run history or API page links, no uploads.
+        kwargs.setdefault("enable_monitoring", False)
+        kwargs.setdefault("footer_links", ["gradio"])
+        kwargs.setdefault("max_file_size", "1kb")
     return app.launch(css=CSS, **kwargs)

@@ -75,11 +75,13 @@ def test_should_have_been_answered_is_stored(page):
     url, store = page
     client = Client(url, verbose=False)
     history, _ = client.predict("推薦台北的牛肉麵", [], "mingqing", api_name="/respond")
-    status = client.predict(history, api_name="/mark_should_answer")
-    assert status == "已記錄您的回饋，謝謝！"
+    status, comment = client.predict(history, "其實我想問的是牛肉麵的歷史", api_name="/mark_should_answer")
+    assert (status, comment) == ("已記錄您的回饋，謝謝！", "")
     row = store.rows()[-1]
-    assert (row["rating"], row["question"], row["refused"], row["rails"]) == \
-        ("should_answer", "推薦台北的牛肉麵", True, ["domain gate"])
+    assert (row["rating"], row["question"], row["refused"], row["rails"], row["comment"]) == \
+        ("should_answer", "推薦台北的牛肉麵", True, ["domain gate"], "其實我想問的是牛肉麵的歷史")
+    too_long, _ = client.predict(history, "長" * 2001, api_name="/mark_should_answer")
+    assert too_long == "⚠️ 意見太長（2001 字，上限 2000）。修正：請縮短後再送出。"
 
 
 def test_export_markdown_and_json(page):
