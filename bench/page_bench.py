@@ -1,0 +1,100 @@
+"""Page load benchmark: N gradio_client users for T seconds against a launched page on the default
+model; prints one JSON object (turns, errors, crossed answers, queue positions seen, latency, RSS).
+
+Run: .venv/bin/python bench/page_bench.py [--users 8] [--seconds 60]
+"""
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GUARDEDCHAT_AUDIT_LOG", "off")
+
+from gradio_client import Client  # noqa: E402
+
+from guardedchat.feedback import FeedbackStore  # noqa: E402
+from guardedchat.settings import PageSettings  # noqa: E402
+from guardedchat.ui import ChatService, create_app, launch  # noqa: E402
+
+QUESTIONS = ["鄭成功如何取得台灣？", "海瑞為什麼被罷官？", "張居正推行了哪些改革？", "康熙怎麼除掉鰲拜？",
+             "推薦台北的牛肉麵", "今天天氣如何？", "王陽明的心學主張什麼？", "和珅是怎麼發跡的？"]
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def user(url, seconds, results, seed):
+    rng = random.Random(seed)
+    client = Client(url, verbose=False)
+    end = time.time() + seconds
+    while time.time() < end:
+        question = f"{rng.choice(QUESTIONS)}"
+        started = time.perf_counter()
+        job = client.submit(question, [], "mingqing", api_name="/respond")
+        positions = []
+        while not job.done():
+            status = job.status()
+            if status.rank is not None:
+                positions.append(status.rank)
+            time.sleep(0.05)
+        try:
+            history, _ = job.result()
+            asked = "".join(part["text"] for part in history[0]["content"])
+            answer = "".join(part["text"] for part in history[-1]["content"])
+            results.append({"ok": True, "crossed": asked != question or not answer.strip(),
+                            "seconds": time.perf_counter() - started, "max_queue_rank": max(positions, default=0)})
+        except Exception as exc:  # an error is a result here, counted and reported
+            results.append({"ok": False, "error": repr(exc)[:200], "seconds": time.perf_counter() - started})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=60)
+    args = parser.parse_args()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    service = ChatService(feedback=FeedbackStore(Path("/tmp") / f"page-bench-{os.getpid()}.sqlite3"),
+                          page=PageSettings(profile="showcase", show_panel=False, queue_size=64))
+    app = create_app(service)
+    launch(app, service=service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+           inbrowser=False)
+    url = f"http://127.0.0.1:{port}/"
+    Client(url, verbose=False).predict("海瑞是誰？", [], "mingqing", api_name="/respond")  # warm up
+    rss_start = rss_mb()
+    results: list = []
+    threads = [threading.Thread(target=user, args=(url, args.seconds, results, i)) for i in range(args.users)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ok = [r for r in results if r["ok"]]
+    latencies = sorted(r["seconds"] for r in ok)
+    print(json.dumps({
+        "users": args.users, "seconds": args.seconds, "turns": len(results),
+        "errors": len(results) - len(ok), "crossed_or_empty": sum(r["crossed"] for r in ok),
+        "max_queue_rank_seen": max((r["max_queue_rank"] for r in ok), default=0),
+        "latency_s_p50": round(latencies[len(latencies) // 2], 2) if latencies else None,
+        "latency_s_max": round(latencies[-1], 2) if latencies else None,
+        "rss_mb_start": rss_start, "rss_mb_end": rss_mb(),
+        "error_samples": [r["error"] for r in results if not r["ok"]][:3],
+    }, ensure_ascii=False, indent=2))
+    app.close()
+
+
+if __name__ == "__main__":
+    main()
