@@ -108,12 +108,15 @@ def test_streamed_system_prompt_leak_is_cut_before_it_shows():
     assert leak not in shown and events[-1].record.rails == ["system prompt leak"]
 
 
-def test_answer_drift_is_refused_at_the_end():
-    answer = "要做好吃的蛋炒飯，先把隔夜飯炒散，再加蛋與蔥花，最後用鹽和醬油調味就可以了，記得大火快炒喔。"
+def test_answer_drift_is_cut_once_it_can_be_judged():
+    answer = ("要做好吃的蛋炒飯，先把隔夜飯炒散，再加蛋與蔥花，最後用鹽和醬油調味就可以了，記得大火快炒喔。"
+              "另外，炒飯的油要多一點，鍋子要先燒熱，白飯才不會黏鍋，吃起來粒粒分明。")
     backend, guarded = pipeline(list(answer))
     events = list(guarded.run("海瑞是誰？"))
+    shown = "".join(e.text for e in events if isinstance(e, TextEvent))
     assert isinstance(events[-2], RefusalEvent) and events[-2].reason == "answer_drift"
     assert events[-1].record.rails == ["answer drift"]
+    assert len(shown) < 50 and answer.startswith(shown)
 
 
 def test_audit_log_lines(tmp_path):

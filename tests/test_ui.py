@@ -152,3 +152,12 @@ def test_profiles_and_settings_file(monkeypatch, tmp_path):
     path.write_text("max_turnz: 5\n", encoding="utf-8")
     with pytest.raises(InputError, match="max_turnz"):
         load_settings("showcase", path)
+
+
+def test_undo_and_retry(page):
+    url, _ = page
+    client = Client(url, verbose=False)
+    history, _ = client.predict("推薦台北的牛肉麵", [], "mingqing", api_name="/respond")
+    assert client.predict(history, api_name="/undo_last") == []
+    again, _ = client.predict(history, "mingqing", api_name="/retry_last")
+    assert [t[:2] for t in texts(again)][0] == ("user", "推薦台北的牛肉麵") and texts(again)[1][2] == "超出範圍"

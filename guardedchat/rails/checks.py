@@ -130,7 +130,9 @@ class OutputGuard:
     """A stream stage: passes each piece on only after the output checks pass on everything so far.
 
     Runs after the Taiwan normalizer, whose pieces end at punctuation or spaces, so a banned word or
-    a leaked run of the system prompt is caught before the piece holding it is shown.
+    a leaked run of the system prompt is caught before the piece holding it is shown. Drift is
+    judged once the answer has DRIFT_MIN_CHARS characters, so at most that much of a drifting
+    answer is shown before it is cut.
     """
 
     def __init__(self, checks: RailChecks):
@@ -140,7 +142,9 @@ class OutputGuard:
     def push(self, text: str) -> str:
         if text:
             candidate = self.shown + text
-            blocked = self.checks.banned_words(candidate) or self.checks.system_prompt_leak(candidate)
+            # Drift needs DRIFT_MIN_CHARS of text to judge; from then on every piece is judged first.
+            blocked = (self.checks.banned_words(candidate) or self.checks.system_prompt_leak(candidate)
+                       or self.checks.drift(candidate))
             if blocked is not None:
                 raise OutputBlocked(blocked)
             self.shown = candidate
