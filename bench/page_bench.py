@@ -80,6 +80,10 @@ def main():
     threads = [threading.Thread(target=user, args=(url, args.seconds, results, i)) for i in range(args.users)]
     for thread in threads:
         thread.start()
+    samples = []
+    while any(t.is_alive() for t in threads):
+        time.sleep(10)
+        samples.append(rss_mb())
     for thread in threads:
         thread.join()
     ok = [r for r in results if r["ok"]]
@@ -90,7 +94,7 @@ def main():
         "max_queue_rank_seen": max((r["max_queue_rank"] for r in ok), default=0),
         "latency_s_p50": round(latencies[len(latencies) // 2], 2) if latencies else None,
         "latency_s_max": round(latencies[-1], 2) if latencies else None,
-        "rss_mb_start": rss_start, "rss_mb_end": rss_mb(),
+        "rss_mb_start": rss_start, "rss_mb_every_10s": samples, "rss_mb_end": rss_mb(),
         "error_samples": [r["error"] for r in results if not r["ok"]][:3],
     }, ensure_ascii=False, indent=2))
     app.close()
