@@ -101,6 +101,9 @@ class GuardRails:
             return turn["result"]
         finally:
             self._turns.pop(turn_id, None)
+            # NeMo caches each conversation's events to resume it later; every turn here is a new
+            # conversation (its own turn id), so the cache would only grow (about 20 KB a turn).
+            self.rails.events_history_cache.clear()
 
 
 def register_checks(app, checks: RailChecks, turns: Optional[dict] = None) -> None:
