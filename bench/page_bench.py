@@ -1,5 +1,6 @@
 """Page load benchmark: N gradio_client users for T seconds against a launched page on the default
-model; prints one JSON object (turns, errors, crossed answers, queue positions seen, latency, RSS).
+model; prints one JSON object (turns, errors, crossed answers, queue positions seen, latency, and the
+server process's memory, sampled every 10 s; the page runs in its own process).
 
 Run: .venv/bin/python bench/page_bench.py [--users 8] [--seconds 60]
 """
@@ -9,7 +10,7 @@ import json
 import os
 import random
 import socket
-import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -29,8 +30,8 @@ QUESTIONS = ["鄭成功如何取得台灣？", "海瑞為什麼被罷官？", "�
              "推薦台北的牛肉麵", "今天天氣如何？", "王陽明的心學主張什麼？", "和珅是怎麼發跡的？"]
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid="self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
@@ -60,32 +61,45 @@ def user(url, seconds, results, seed):
             results.append({"ok": False, "error": repr(exc)[:200], "seconds": time.perf_counter() - started})
 
 
+def serve(port: int) -> None:
+    service = ChatService(feedback=FeedbackStore(Path("/tmp") / f"page-bench-{os.getpid()}.sqlite3"),
+                          page=PageSettings(profile="showcase", show_panel=False, queue_size=64))
+    launch(create_app(service), service=service, server_name="127.0.0.1", server_port=port, quiet=True,
+           inbrowser=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    service = ChatService(feedback=FeedbackStore(Path("/tmp") / f"page-bench-{os.getpid()}.sqlite3"),
-                          page=PageSettings(profile="showcase", show_panel=False, queue_size=64))
-    app = create_app(service)
-    launch(app, service=service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-           inbrowser=False)
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
-    Client(url, verbose=False).predict("海瑞是誰？", [], "mingqing", api_name="/respond")  # warm up
-    rss_start = rss_mb()
-    results: list = []
-    threads = [threading.Thread(target=user, args=(url, args.seconds, results, i)) for i in range(args.users)]
-    for thread in threads:
-        thread.start()
-    samples = []
-    while any(t.is_alive() for t in threads):
-        time.sleep(10)
-        samples.append(rss_mb())
-    for thread in threads:
-        thread.join()
+    try:
+        client = _wait_for(url)
+        client.predict("海瑞是誰？", [], "mingqing", api_name="/respond")  # warm up
+        rss_start = rss_mb(server.pid)
+        results: list = []
+        threads = [threading.Thread(target=user, args=(url, args.seconds, results, i)) for i in range(args.users)]
+        for thread in threads:
+            thread.start()
+        samples = []
+        while any(t.is_alive() for t in threads):
+            time.sleep(10)
+            samples.append(rss_mb(server.pid))
+        for thread in threads:
+            thread.join()
+        rss_end = rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
     ok = [r for r in results if r["ok"]]
     latencies = sorted(r["seconds"] for r in ok)
     print(json.dumps({
@@ -94,10 +108,20 @@ def main():
         "max_queue_rank_seen": max((r["max_queue_rank"] for r in ok), default=0),
         "latency_s_p50": round(latencies[len(latencies) // 2], 2) if latencies else None,
         "latency_s_max": round(latencies[-1], 2) if latencies else None,
-        "rss_mb_start": rss_start, "rss_mb_every_10s": samples, "rss_mb_end": rss_mb(),
+        "server_rss_mb_start": rss_start, "server_rss_mb_every_10s": samples, "server_rss_mb_end": rss_end,
         "error_samples": [r["error"] for r in results if not r["ok"]][:3],
     }, ensure_ascii=False, indent=2))
-    app.close()
+
+
+def _wait_for(url: str, timeout: float = 120.0) -> Client:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return Client(url, verbose=False)
+        except Exception:  # not listening yet
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
 
 
 if __name__ == "__main__":
