@@ -161,3 +161,66 @@ def test_undo_and_retry(page):
     assert client.predict(history, api_name="/undo_last") == []
     again, _ = client.predict(history, "mingqing", api_name="/retry_last")
     assert [t[:2] for t in texts(again)][0] == ("user", "推薦台北的牛肉麵") and texts(again)[1][2] == "超出範圍"
+
+
+SERVER = """
+import sys
+from guardedchat.feedback import FeedbackStore
+from guardedchat.ui import ChatService, create_app, launch
+service = ChatService(feedback=FeedbackStore(sys.argv[1]))
+launch(create_app(service), service=service, server_name="127.0.0.1", server_port=int(sys.argv[2]), quiet=True,
+       inbrowser=False)
+"""
+
+
+def test_ratings_through_the_page_survive_sigkill(tmp_path):
+    """8 clients rate through the running page; it is SIGKILLed mid-run; every acknowledged rating is there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    db, port = tmp_path / "feedback.sqlite3", _free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(db), str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                Client(url, verbose=False)
+                break
+            except Exception:
+                assert time.time() < deadline, "the page did not start"
+                time.sleep(1)
+        acknowledged, lock = [], threading.Lock()
+
+        def rater():
+            client = Client(url, verbose=False)
+            history, _ = client.predict("推薦台北的牛肉麵", [], "mingqing", api_name="/respond")
+            for _ in range(125):
+                try:
+                    status, _ = client.predict(history, "", api_name="/mark_should_answer")
+                except Exception:
+                    return  # the server was killed
+                if status == "已記錄您的回饋，謝謝！":
+                    with lock:
+                        acknowledged.append(1)
+
+        threads = [threading.Thread(target=rater) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        while len(acknowledged) < 600 and any(t.is_alive() for t in threads):
+            time.sleep(0.05)
+        os.kill(server.pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+    stored = FeedbackStore(db).rows()
+    assert len(acknowledged) >= 600 and len(stored) >= len(acknowledged)
+    assert all(row["rating"] == "should_answer" and row["question"] == "推薦台北的牛肉麵" for row in stored)
