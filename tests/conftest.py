@@ -58,6 +58,15 @@ def domains_copy(tmp_path):
     return target
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on, for a page launched by a test."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_cli(*args, env=None, timeout=300, cwd=None, input_text=None):
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}

@@ -2,16 +2,14 @@
 answer stream, press Stop, give a 👎, switch domain; screenshots go to build/screenshots/."""
 
 import shutil
-import socket
 import time
-from pathlib import Path
 
 import pytest
 
 from guardedchat.feedback import FeedbackStore
 from guardedchat.ui import ChatService, create_app, launch
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -23,18 +21,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser_page(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     store = FeedbackStore(tmp_path_factory.mktemp("browser") / "feedback.sqlite3")
-    port = _free_port()
+    port = free_port()
     app = create_app(ChatService(feedback=store))
     launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
 """The page, launched for real and driven by gradio_client: chat, refusal, domain switch, feedback."""
 
 import json
-import socket
 
 import pytest
 from gradio_client import Client
@@ -11,19 +10,15 @@ from guardedchat.settings import PageSettings, load_settings
 from guardedchat.errors import InputError
 from guardedchat.ui import ChatService, create_app, launch
 
+from .conftest import free_port
+
 pytestmark = pytest.mark.model
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     store = FeedbackStore(tmp_path_factory.mktemp("ui") / "feedback.sqlite3")
-    port = _free_port()
+    port = free_port()
     app = create_app(ChatService(feedback=store))
     launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
     yield f"http://127.0.0.1:{port}/", store
@@ -99,7 +94,7 @@ def showcase(tmp_path_factory):
     settings = PageSettings(profile="showcase", show_panel=False, rate_limit_per_minute=2, max_message_chars=30,
                             max_turns=2, queue_size=4, trusted_proxies=["127.0.0.1"])
     store = FeedbackStore(tmp_path_factory.mktemp("showcase") / "feedback.sqlite3")
-    port = _free_port()
+    port = free_port()
     app = create_app(ChatService(feedback=store, page=settings))
     launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
     yield f"http://127.0.0.1:{port}/"
@@ -182,7 +177,7 @@ def test_ratings_through_the_page_survive_sigkill(tmp_path):
     import threading
     import time
 
-    db, port = tmp_path / "feedback.sqlite3", _free_port()
+    db, port = tmp_path / "feedback.sqlite3", free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(db), str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
