@@ -67,6 +67,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_page(folder, page_settings=None):
+    """A real page on a free loopback port, in this process: returns (app, url, feedback store)."""
+    from guardedchat.feedback import FeedbackStore
+    from guardedchat.ui import ChatService, create_app, launch
+
+    store = FeedbackStore(folder / "feedback.sqlite3")
+    port = free_port()
+    app = create_app(ChatService(feedback=store, page=page_settings))
+    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
+    return app, f"http://127.0.0.1:{port}/", store
+
+
 def run_cli(*args, env=None, timeout=300, cwd=None, input_text=None):
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}

@@ -6,10 +6,8 @@ import time
 
 import pytest
 
-from guardedchat.feedback import FeedbackStore
-from guardedchat.ui import ChatService, create_app, launch
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, start_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -25,15 +23,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 def browser_page(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
-    store = FeedbackStore(tmp_path_factory.mktemp("browser") / "feedback.sqlite3")
-    port = free_port()
-    app = create_app(ChatService(feedback=store))
-    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
+    app, url, store = start_page(tmp_path_factory.mktemp("browser"))
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(url)
         page.wait_for_selector("textarea")
         yield page, store
         browser.close()

@@ -8,20 +8,16 @@ from gradio_client import Client
 from guardedchat.feedback import FeedbackStore
 from guardedchat.settings import PageSettings, load_settings
 from guardedchat.errors import InputError
-from guardedchat.ui import ChatService, create_app, launch
 
-from .conftest import free_port
+from .conftest import free_port, start_page
 
 pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    store = FeedbackStore(tmp_path_factory.mktemp("ui") / "feedback.sqlite3")
-    port = free_port()
-    app = create_app(ChatService(feedback=store))
-    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
-    yield f"http://127.0.0.1:{port}/", store
+    app, url, store = start_page(tmp_path_factory.mktemp("ui"))
+    yield url, store
     app.close()
 
 
@@ -93,11 +89,8 @@ def test_export_markdown_and_json(page):
 def showcase(tmp_path_factory):
     settings = PageSettings(profile="showcase", show_panel=False, rate_limit_per_minute=2, max_message_chars=30,
                             max_turns=2, queue_size=4, trusted_proxies=["127.0.0.1"])
-    store = FeedbackStore(tmp_path_factory.mktemp("showcase") / "feedback.sqlite3")
-    port = free_port()
-    app = create_app(ChatService(feedback=store, page=settings))
-    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
-    yield f"http://127.0.0.1:{port}/"
+    app, url, _ = start_page(tmp_path_factory.mktemp("showcase"), settings)
+    yield url
     app.close()
 
 
