@@ -9,6 +9,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 from .backend import ChatBackend, CompletionPrompt, SamplingSettings
 from .domains import Domain
+from .grounding import not_found_answer, quote_answer, sources_of
 from .prompt import Passage, build_prompt
 from .rails.checks import OutputBlocked
 
@@ -69,6 +70,9 @@ class Verdict:
     canned: Optional[str] = None  # allowed, but answered with this text instead of calling the model
 
 
+ANSWER_MODES = ("auto", "quote", "generate")
+
+
 class InputCheck(Protocol):
     def __call__(self, domain: Domain, history: Sequence[dict], message: str) -> Verdict: ...
 
@@ -94,7 +98,8 @@ class Pipeline:
                  input_checks: Sequence[InputCheck] = (check_not_empty,),
                  stream_stages: Sequence[Callable[[], StreamStage]] = (),
                  output_check: Optional[Callable[[str, str], Optional[Verdict]]] = None,
-                 retrieve: Optional[Callable[[Domain, Sequence[dict], str], list[Passage]]] = None,
+                 retrieve: Optional[Callable[..., Optional[list[Passage]]]] = None,
+                 answer_mode: str = "auto",
                  on_record: Sequence[Callable[["TurnRecord", str], None]] = ()):
         self.domain = domain
         self.backend = backend
@@ -102,18 +107,22 @@ class Pipeline:
         self.stream_stages = list(stream_stages)
         self.output_check = output_check
         self.retrieve = retrieve
+        if answer_mode not in ANSWER_MODES:
+            raise ValueError(f"answer_mode must be one of {ANSWER_MODES}")
+        self.answer_mode = answer_mode
         self.on_record = list(on_record)
 
     def run(self, message: str, history: Sequence[dict] = (),
-            cancel: Optional[threading.Event] = None) -> Iterator[Event]:
-        """The turn's events; the last one is always a FinalEvent, which also goes to on_record."""
-        for event in self._events(message, history, cancel):
+            cancel: Optional[threading.Event] = None, access: str = "public") -> Iterator[Event]:
+        """The turn's events; the last one is always a FinalEvent, which also goes to on_record.
+        `access` is the user's level: only documents at or below it can reach the prompt or answer."""
+        for event in self._events(message, history, cancel, access):
             if isinstance(event, FinalEvent):
                 for record_to in self.on_record:
                     record_to(event.record, message)
             yield event
 
-    def _events(self, message, history, cancel) -> Iterator[Event]:
+    def _events(self, message, history, cancel, access) -> Iterator[Event]:
         started = time.perf_counter()
         record = TurnRecord(domain=self.domain.id)
         verdict = self._check_input(history, message, record)
@@ -127,7 +136,39 @@ class Pipeline:
             yield TextEvent(verdict.canned)
             yield FinalEvent(record)
             return
-        yield from self._generate(message, history, cancel, record, started)
+        passages = self.retrieve(self.domain, history, message, access) if self.retrieve else None
+        record.timings["retrieval_ms"] = round(_ms_since(started) - record.timings["checks_ms"], 2)
+        if passages is not None and not passages:
+            yield from self._answer_without_model(message, not_found_answer(self.domain), "no_sources", [], record, started)
+        elif passages and self._quotes(self.backend.info()):
+            yield from self._answer_without_model(message, quote_answer(message, passages), "quoted", passages, record,
+                                                  started)
+        else:
+            yield from self._generate(message, history, cancel, record, started, passages or [])
+
+    def _quotes(self, info) -> bool:
+        # A base model without a chat template invents facts even with passages in its prompt:
+        # by default its turns are answered by quoting the passages instead.
+        return self.answer_mode == "quote" or (self.answer_mode == "auto" and not info.has_chat_template)
+
+    def _answer_without_model(self, message: str, text: str, reason: str, passages, record: TurnRecord,
+                              started: float) -> Iterator[Event]:
+        """Our own text (a quote or "not found"), through the same stream stages as model text."""
+        stages = [make() for make in self.stream_stages]
+        try:
+            shown = _through(stages, text) + _flush(stages)
+        except OutputBlocked as blocked:
+            yield from self._refuse(_blocked_verdict(blocked.blocked), record, started)
+            return
+        verdict = self.output_check(message, shown.strip()) if self.output_check else None
+        if verdict is not None and not verdict.allow:
+            yield from self._refuse(verdict, record, started)
+            return
+        record.answer, record.reason = shown.strip(), reason
+        record.sources = sources_of(passages, record.answer)
+        record.timings["total_ms"] = _ms_since(started)
+        yield TextEvent(shown)
+        yield FinalEvent(record)
 
     def _check_input(self, history, message, record: TurnRecord) -> Verdict:
         for check in self.input_checks:
@@ -147,14 +188,13 @@ class Pipeline:
         yield RefusalEvent(verdict.reason or "refused", verdict.text)
         yield FinalEvent(record)
 
-    def _generate(self, message, history, cancel, record: TurnRecord, started: float) -> Iterator[Event]:
+    def _generate(self, message, history, cancel, record: TurnRecord, started: float,
+                  passages: Sequence[Passage]) -> Iterator[Event]:
         info = self.backend.info()
-        passages = self.retrieve(self.domain, history, message) if self.retrieve else []
         prompt = build_prompt(self.domain, history, message, chat_template=info.has_chat_template,
                               count_tokens=self.backend.count_tokens, n_ctx=info.n_ctx, passages=passages)
         record.model, record.model_called = info.name, True
         record.tokens["prompt"] = self.backend.count_tokens(_prompt_text(prompt))
-        record.sources = [{"number": p.number, "title": p.title} for p in passages]
         stages = [make() for make in self.stream_stages]
         pieces: list[str] = []
         first_token_at = None
@@ -180,6 +220,7 @@ class Pipeline:
             pieces.append(tail)
             yield TextEvent(tail)
         record.answer = "".join(pieces).strip()
+        record.sources = sources_of(passages, record.answer)
         _finish_timings(record, started, first_token_at)
         verdict = self.output_check(message, record.answer) if self.output_check else None
         if verdict is not None and not verdict.allow:

@@ -25,6 +25,8 @@ class Passage:
     number: int
     title: str
     text: str
+    doc: str = ""       # the document's file name, shown with the citation
+    score: float = 0.0  # retrieval similarity, for choosing what to quote
 
 
 @lru_cache(maxsize=None)

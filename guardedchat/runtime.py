@@ -11,8 +11,10 @@ from .audit import AuditLog
 from .backend import LlamaCppBackend
 from .domains import Domain, load_all
 from .gate import gate_for
+from .grounding import Retriever
 from .models import resolve_model
-from .pipeline import Pipeline, Verdict, sampling
+from .errors import InputError
+from .pipeline import ANSWER_MODES, Pipeline, Verdict, sampling
 from .rails import BackendLLM, GuardRails
 from .rails.checks import OutputGuard, RailChecks
 from .taiwan import for_domain
@@ -60,15 +62,22 @@ def other_domains(domain: Domain) -> list[Domain]:
     return [d for d in load_all(domain.folder.parent).loaded.values() if d.id != domain.id]
 
 
-def build_pipeline(domain: Domain, backend, audit: Optional[AuditLog] = None) -> Pipeline:
+def build_pipeline(domain: Domain, backend, audit: Optional[AuditLog] = None,
+                   answer_mode: Optional[str] = None) -> Pipeline:
     """The full guarded pipeline for a domain: NeMo input rails (limits, injection, banned words,
-    the domain gate) → generation → Taiwan normalizer → output guard → NeMo output rails → audit."""
+    the domain gate) → retrieval from the domain's documents → generation (or quoting, for a base
+    model) → Taiwan normalizer → output guard → NeMo output rails → audit.
+    answer_mode (auto | quote | generate) defaults to $GUARDEDCHAT_ANSWER_MODE, else auto."""
     checks = RailChecks(domain, lambda: gate_for(domain, other_domains(domain)))
     rails = LazyRails(domain, checks, backend)
     normalizer = for_domain(domain)
+    mode = answer_mode or os.environ.get("GUARDEDCHAT_ANSWER_MODE") or "auto"
+    if mode not in ANSWER_MODES:
+        raise InputError(f"GUARDEDCHAT_ANSWER_MODE 是 '{mode}'，不認得。修正：用 {' | '.join(ANSWER_MODES)} 之一。")
     return Pipeline(domain, backend, input_checks=[rails.input_check],
                     stream_stages=[normalizer.stream, lambda: OutputGuard(checks)],
-                    output_check=rails.output_check, on_record=[audit or AuditLog.from_env()])
+                    output_check=rails.output_check, retrieve=Retriever(domain), answer_mode=mode,
+                    on_record=[audit or AuditLog.from_env()])
 
 
 class LazyRails:
