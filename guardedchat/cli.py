@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Optional, Sequence
 from . import __version__
 from .domains import get_domain, load_all
 from .errors import GuardedChatError, InputError
+from .grounding import sources_line
+from .knowledge import ACCESS_LEVELS, access_rank
 from .models import cache_dir, download_command, ensure_default_model, load_registry, models_dir
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .progress import ProgressBar, Spinner
@@ -50,11 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_domain_and_model(ask)
     ask.add_argument("question", help="the question (quote it)")
     ask.add_argument("--json", action="store_true", help="print one JSON record instead of streaming text")
+    _add_access(ask)
     ask.set_defaults(handler=cmd_ask)
 
     chat = commands.add_parser("chat", help="an interactive chat with history (/help inside)")
     _add_domain_and_model(chat)
+    _add_access(chat)
     chat.set_defaults(handler=cmd_chat)
+
+    index = commands.add_parser("index", help="rebuild a domain's knowledge index (reports skipped documents)")
+    index.add_argument("--domain", required=True, metavar="ID", help="domain id")
+    index.set_defaults(handler=cmd_index)
+
+    search = commands.add_parser("search", help="print the passages retrieved for a question, best first")
+    search.add_argument("--domain", required=True, metavar="ID", help="domain id")
+    search.add_argument("question", help="the question (quote it)")
+    search.add_argument("--json", action="store_true", help='print [{"doc", "title", "score", "text"}, ...]')
+    search.add_argument("-k", type=int, default=5, metavar="N", help="how many documents (default 5)")
+    _add_access(search)
+    search.set_defaults(handler=cmd_search)
 
     domains = commands.add_parser("domains", help="list the domains that loaded and those that did not, and why")
     domains.add_argument("--json", action="store_true", help="print JSON")
@@ -76,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     taiwan.add_argument("--json", action="store_true", help="print the JSON report (default: a summary table)")
     taiwan.add_argument("--baseline", action="store_true", help="also score plain OpenCC s2twp on the same cases")
     taiwan.set_defaults(handler=cmd_eval_taiwan)
+
+    retrieval = kinds.add_parser("retrieval", help="knowledge cases: {id, domain, question, doc} → recall@1/@5")
+    retrieval.add_argument("cases", help="JSONL case file")
+    retrieval.add_argument("--json", action="store_true", help="print the JSON report (default: a summary)")
+    retrieval.set_defaults(handler=cmd_eval_retrieval)
+    grounded = kinds.add_parser("grounded", help="knowledge cases through the whole pipeline: is the right document cited?")
+    grounded.add_argument("cases", help="JSONL case file")
+    grounded.add_argument("--json", action="store_true", help="print the JSON report (default: a summary)")
+    grounded.add_argument("--answer-mode", choices=["auto", "quote", "generate"], default="auto",
+                          help="quote passages, or let the model write a cited answer (default: auto)")
+    grounded.add_argument("--limit", type=int, metavar="N", help="only the first N cases")
+    grounded.add_argument("--model", metavar="NAME|PATH", help="registry name or GGUF file (default: gemma3-270m)")
+    grounded.set_defaults(handler=cmd_eval_grounded)
 
     gate = kinds.add_parser("gate", help="domain gate cases: {id, domain, history, message, expect}")
     gate.add_argument("cases", help="JSONL case file")
@@ -108,6 +138,17 @@ def _add_domain_and_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload to CUDA/Metal (-1 = all)")
 
 
+def _add_access(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--access", choices=ACCESS_LEVELS, default=None,
+                        help="the documents you may see: public (default, or $GUARDEDCHAT_ACCESS), internal, restricted")
+
+
+def _access(args) -> str:
+    level = args.access or os.environ.get("GUARDEDCHAT_ACCESS") or "public"
+    access_rank(level)  # an unknown level in the environment is an error, not "public"
+    return level
+
+
 def _pipeline_for(args, quiet: bool = False):
     domain = get_domain(args.domain)
     settings = BackendSettings.from_env(model=args.model, n_ctx=args.n_ctx, n_threads=args.threads,
@@ -135,7 +176,7 @@ def _assembly_progress():
 def cmd_ask(args) -> int:
     pipeline = _pipeline_for(args, quiet=args.json)
     record = None
-    for event in pipeline.run(args.question):
+    for event in pipeline.run(args.question, access=_access(args)):
         if isinstance(event, FinalEvent):
             record = event.record
         elif not args.json and isinstance(event, (TextEvent, RefusalEvent)):
@@ -145,7 +186,13 @@ def cmd_ask(args) -> int:
         print(json.dumps(record.to_json(), ensure_ascii=False))
     else:
         print()
+        _print_sources(record.sources)
     return 0
+
+
+def _print_sources(sources: list[dict]) -> None:
+    if sources:
+        print(sources_line(sources, with_doc=True))
 
 
 CHAT_HELP = "指令：/clear 清除對話　/exit 離開　/help 說明。回答時按 Ctrl-C 可停止生成。"
@@ -171,16 +218,16 @@ def cmd_chat(args) -> int:
         if command == "/help":
             print(CHAT_HELP)
             continue
-        answer, refused = _chat_turn(pipeline, message, history)
+        answer, refused = _chat_turn(pipeline, message, history, _access(args))
         if not refused:
             history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
 
 
-def _chat_turn(pipeline, message: str, history: list[dict]) -> tuple[str, bool]:
+def _chat_turn(pipeline, message: str, history: list[dict], access: str = "public") -> tuple[str, bool]:
     cancel = threading.Event()
     sys.stdout.write("助理：")
-    answer, refused = "", False
-    events = pipeline.run(message, history, cancel)
+    answer, refused, sources = "", False, []
+    events = pipeline.run(message, history, cancel, access)
     try:
         for event in events:
             if isinstance(event, (TextEvent, RefusalEvent)):
@@ -189,14 +236,53 @@ def _chat_turn(pipeline, message: str, history: list[dict]) -> tuple[str, bool]:
             if isinstance(event, RefusalEvent):
                 refused = True
             if isinstance(event, FinalEvent):
-                answer = event.record.answer
+                answer, sources = event.record.answer, event.record.sources
     except KeyboardInterrupt:
         cancel.set()
         events.close()
         print("\n（已停止）")
         return answer, True
     print()
+    _print_sources(sources)
     return answer, refused
+
+
+def cmd_index(args) -> int:
+    from .knowledge import index_for
+
+    domain = get_domain(args.domain)
+    bar: list[ProgressBar] = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            bar.append(ProgressBar(f"建立 {domain.id} 的知識索引", total))
+        bar[0].advance(done - bar[0].done)
+
+    index = index_for(domain.knowledge_dir, rebuild=True, progress=report)
+    if bar:
+        bar[0].close()
+    for name, reason in index.skipped.items():
+        print(f"略過 {domain.knowledge_dir / name}：{reason}", file=sys.stderr)
+    print(f"{domain.id}：已索引 {index.documents} 份文件、{len(index.texts)} 個段落；略過 {len(index.skipped)} 份。")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .knowledge import index_for
+
+    if args.k < 1:
+        raise InputError(f"-k 必須是正整數（收到 {args.k}）。修正：例如 -k 5。")
+    domain = get_domain(args.domain)
+    index = index_for(domain.knowledge_dir)
+    hits = index.search(args.question, _access(args), args.k)
+    if args.json:
+        print(json.dumps([hit.to_json() for hit in hits], ensure_ascii=False))
+        return 0
+    if not index.texts:
+        print(f"{domain.id} 沒有任何知識文件。修正：把 Markdown 文件放進 {domain.knowledge_dir}/。")
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank}. {hit.title}（{hit.doc}，{hit.score:.3f}）\n   {hit.text}")
+    return 0
 
 
 def cmd_domains(args) -> int:
@@ -276,6 +362,44 @@ def cmd_eval_taiwan(args) -> int:
     for row in report["cases"]:
         if not row["ok"]:
             print(f"✗ {row['id']}: {row['input']!r} → {row['got']!r}（預期 {row['expect'][0]!r}）")
+    return 0
+
+
+def cmd_eval_retrieval(args) -> int:
+    from .evaluate import evaluate_retrieval
+    from .knowledge import index_for
+
+    report = evaluate_retrieval(args.cases, lambda domain_id: index_for(get_domain(domain_id).knowledge_dir))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    for domain, stats in report["summary"]["domains"].items():
+        print(f"{domain}: cases {stats['cases']}  recall@1 {stats['recall_at_1']:.2%}  "
+              f"recall@5 {stats['recall_at_5']:.2%}  MRR {stats['mrr']:.3f}  p50 {stats['p50_ms']} ms")
+    for row in report["cases"]:
+        if not row["ok"]:
+            print(f"✗ {row['id']} {row['question']} → {row['got'][:3]}（預期 {row['expect']}）")
+    return 0
+
+
+def cmd_eval_grounded(args) -> int:
+    from .evaluate import evaluate_grounded
+
+    settings = BackendSettings.from_env(model=args.model)
+    pipelines: dict = {}
+
+    def pipeline_for(domain_id: str):
+        if domain_id not in pipelines:
+            pipelines[domain_id] = build_pipeline(get_domain(domain_id), get_backend(settings), answer_mode=args.answer_mode)
+        return pipelines[domain_id]
+
+    report = evaluate_grounded(args.cases, pipeline_for, args.limit)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    summary = report["summary"]
+    print(f"cases {summary['cases']}  cites the right document {summary['cites_right_doc']:.2%}  "
+          f"cites any {summary['cites_any']:.2%}  refused {summary['refused']:.2%}  {summary['reasons']}")
     return 0
 
 

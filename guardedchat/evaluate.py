@@ -122,3 +122,60 @@ def _group(rows, key):
     for row in rows:
         groups[row.get(key) or "uncategorized"].append(row)
     return dict(sorted(groups.items()))
+
+
+def evaluate_retrieval(path: Path, index_for_domain, k: int = 5) -> dict:
+    """Recall@1/@k and MRR: does the document that answers each question come back in the top k?"""
+    results = []
+    for case in read_cases(path, ("id", "domain", "question", "doc")):
+        index = index_for_domain(case["domain"])
+        started = time.perf_counter()
+        hits = index.search(case["question"], "restricted", k)
+        docs = [hit.doc for hit in hits]
+        rank = docs.index(case["doc"]) + 1 if case["doc"] in docs else None
+        results.append({"id": case["id"], "domain": case["domain"], "question": case["question"],
+                        "expect": case["doc"], "got": docs, "rank": rank, "ok": rank is not None,
+                        "ms": round((time.perf_counter() - started) * 1000, 3)})
+    return {"summary": _retrieval_summary(results, k), "cases": results}
+
+
+def _retrieval_summary(results: list[dict], k: int) -> dict:
+    by_domain = defaultdict(list)
+    for row in results:
+        by_domain[row["domain"]].append(row)
+
+    def stats(rows):
+        n = len(rows) or 1
+        return {"cases": len(rows), "recall_at_1": round(sum(r["rank"] == 1 for r in rows) / n, 4),
+                f"recall_at_{k}": round(sum(r["ok"] for r in rows) / n, 4),
+                "mrr": round(sum(1 / r["rank"] for r in rows if r["rank"]) / n, 4),
+                "p50_ms": _percentile([r["ms"] for r in rows], 50)}
+
+    return {**stats(results), "domains": {name: stats(rows) for name, rows in by_domain.items()}}
+
+
+def evaluate_grounded(path: Path, pipeline_for, limit=None) -> dict:
+    """Full guarded turns: is the answering document among the cited sources?"""
+    results = []
+    for case in read_cases(path, ("id", "domain", "question", "doc"))[:limit]:
+        record = None
+        for event in pipeline_for(case["domain"]).run(case["question"], access="restricted"):
+            record = getattr(event, "record", record)
+        cited = [source["doc"] for source in record.sources if source.get("cited")]
+        results.append({"id": case["id"], "domain": case["domain"], "question": case["question"],
+                        "expect": case["doc"], "got": cited, "answer": record.answer, "reason": record.reason,
+                        "refused": record.refused, "model_called": record.model_called,
+                        "ok": case["doc"] in cited, "cited_any": bool(cited)})
+    n = len(results) or 1
+    summary = {"cases": len(results), "cites_right_doc": round(sum(r["ok"] for r in results) / n, 4),
+               "cites_any": round(sum(r["cited_any"] for r in results) / n, 4),
+               "refused": round(sum(r["refused"] for r in results) / n, 4),
+               "reasons": dict(Counter(r["reason"] or "generated" for r in results))}
+    return {"summary": summary, "cases": results}
+
+
+def _percentile(values: list[float], q: float):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]

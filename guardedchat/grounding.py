@@ -46,11 +46,22 @@ class Retriever:
     def named_in(self, message: str, index: KnowledgeIndex) -> list[str]:
         """The specific lexicon names the question mentions: a document that answers it names one too."""
         text = normalize_text(message)
-        found = []
-        for name in self._entities:
-            if name in text and not any(name in longer for longer in found):
-                found.append(name)
-        return [name for name in found if index.document_frequency(name) <= COMMON_ENTITY_SHARE]
+        found = {form for name in self._entities if name in text for form in _match_forms(name)}
+        return sorted(name for name in found if index.document_frequency(name) <= COMMON_ENTITY_SHARE)
+
+
+_EVENT_SUFFIX = re.compile(r"(之亂|之變|之役|之戰|事件|案)$")
+
+
+def _match_forms(name: str) -> set[str]:
+    """A name and the shorter forms a document may use instead: 寧王之亂 → 寧王; linker relaxation → relaxation."""
+    forms = {name}
+    stem = _EVENT_SUFFIX.sub("", name)
+    if len(stem) >= 2:
+        forms.add(stem)
+    if name.isascii() and " " in name:
+        forms.add(name.split()[-1])
+    return forms
 
 
 def not_found_answer(domain: Domain) -> str:
@@ -91,3 +102,11 @@ def sources_of(passages: Sequence[Passage], answer: str) -> list[dict]:
     """Every passage given to the answer, marked cited when the answer names its number."""
     cited = cited_numbers(answer)
     return [{"number": p.number, "doc": p.doc, "title": p.title, "cited": p.number in cited} for p in passages]
+
+
+def sources_line(sources: Sequence[dict], with_doc: bool = False) -> str:
+    """The cited sources with titles ("來源"), or every passage given when none was cited ("參考資料")."""
+    cited = [s for s in sources if s.get("cited")]
+    heading = "來源" if cited else "參考資料"
+    return f"{heading}：" + "；".join(f"[{s['number']}] {s['title']}" + (f"（{s['doc']}）" if with_doc else "")
+                                    for s in cited or sources)

@@ -20,6 +20,7 @@ import gradio as gr
 from .domains import load_all
 from .errors import GuardedChatError
 from .feedback import FeedbackStore
+from .grounding import sources_line
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .runtime import BackendSettings, build_pipeline, get_backend
 from .settings import PageSettings, load_settings
@@ -125,6 +126,8 @@ def _text(content) -> str:
 
 
 REFUSAL_MARK = "🚫 "
+ANSWER_KINDS = {"quoted": "引用資料原文（未呼叫模型）", "no_sources": "資料中沒有相關內容（未呼叫模型）",
+                "greeting": "問候（未呼叫模型）"}
 
 
 def _refusal(title: str, text: str) -> str:
@@ -167,6 +170,9 @@ def _panel(record, service: ChatService) -> str:
     gate = record.gate or {}
     lines = [f"**閘門分數**：{gate.get('score') if gate.get('score') is not None else '—'}（{gate.get('decision') or '—'}）",
              f"**觸發的防護**：{', '.join(record.rails) or '無'}"]
+    how = ANSWER_KINDS.get(record.reason)
+    if how:
+        lines.append(f"**回答方式**：{how}")
     if info is not None:
         lines += [f"**模型**：{html.escape(info.name)}（{info.quantization}，上下文 {info.n_ctx}，{info.accelerator}）",
                   f"**速度**：{record.timings.get('tokens_per_s', '—')} tokens/s"]
@@ -217,7 +223,9 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 yield history, gr.update(), {}
                 return
             history.append({"role": "assistant", "content": ""})
-            events = service.pipeline(domain_id).run(question, _plain_history(history[:-2]))
+            user = getattr(request, "username", None) if request is not None else None
+            events = service.pipeline(domain_id).run(question, _plain_history(history[:-2]),
+                                                     access=service.page.access_for(user))
             try:
                 for event in events:
                     if isinstance(event, TextEvent):
@@ -229,9 +237,8 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                         yield history, gr.update(), {}
                     elif isinstance(event, FinalEvent):
                         if event.record.sources and not event.record.refused:
-                            sources = "；".join(f"[{x['number']}] {x['title']}" for x in event.record.sources)
-                            history[-1] = {"role": "assistant",
-                                           "content": _text(history[-1]["content"]) + f"\n\n來源：{sources}"}
+                            history[-1] = {"role": "assistant", "content": _text(history[-1]["content"])
+                                           + "\n\n" + sources_line(event.record.sources)}
                         yield history, _panel(event.record, service), {
                             "domain": domain_id, "question": question, "record": event.record.to_json()}
             finally:
