@@ -61,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_access(chat)
     chat.set_defaults(handler=cmd_chat)
 
+    serve = commands.add_parser("serve", help="start the page and the OpenAI-compatible API on one port")
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for a network)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve.set_defaults(handler=cmd_serve)
+
+    api_key = commands.add_parser("api-key", help="API keys (stored hashed in $GUARDEDCHAT_API_KEYS)")
+    key_actions = api_key.add_subparsers(title="actions", metavar="ACTION")
+    create = key_actions.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument("--access", choices=ACCESS_LEVELS, default="public", help="documents the key may see")
+    create.add_argument("--rate-limit", type=int, metavar="N", help="requests per minute (default: unlimited)")
+    create.add_argument("--file", metavar="PATH", help="key file (default: $GUARDEDCHAT_API_KEYS)")
+    create.set_defaults(handler=cmd_api_key_create)
+
     index = commands.add_parser("index", help="rebuild a domain's knowledge index (reports skipped documents)")
     index.add_argument("--domain", required=True, metavar="ID", help="domain id")
     index.set_defaults(handler=cmd_index)
@@ -132,10 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_domain_and_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", required=True, metavar="ID", help="domain id (see `guardedchat domains`)")
+    _add_model_options(parser)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="NAME|PATH", help="registry name or GGUF file (default: gemma3-270m)")
     parser.add_argument("--n-ctx", type=int, metavar="N", help="context window in tokens (default 2048)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for llama.cpp (default: all)")
     parser.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload to CUDA/Metal (-1 = all)")
+    parser.add_argument("--engine", metavar="URL", help="generate on an OpenAI-compatible server instead, e.g. "
+                        "http://127.0.0.1:8080/v1 (default: $GUARDEDCHAT_ENGINE_URL; model: $GUARDEDCHAT_ENGINE_MODEL)")
 
 
 def _add_access(parser: argparse.ArgumentParser) -> None:
@@ -151,13 +172,17 @@ def _access(args) -> str:
 
 def _pipeline_for(args, quiet: bool = False):
     domain = get_domain(args.domain)
-    settings = BackendSettings.from_env(model=args.model, n_ctx=args.n_ctx, n_threads=args.threads,
-                                        n_gpu_layers=args.gpu_layers)
+    settings = backend_settings(args)
     backend = get_backend(settings, progress=None if quiet else _assembly_progress())
     if not quiet and sys.stderr.isatty():
         with Spinner(f"載入模型 {backend.name}"):
             backend.info()
     return build_pipeline(domain, backend)
+
+
+def backend_settings(args) -> BackendSettings:
+    return BackendSettings.from_env(model=args.model, n_ctx=args.n_ctx, n_threads=args.threads,
+                                    n_gpu_layers=args.gpu_layers, engine_url=args.engine)
 
 
 def _assembly_progress():
@@ -245,6 +270,28 @@ def _chat_turn(pipeline, message: str, history: list[dict], access: str = "publi
     print()
     _print_sources(sources)
     return answer, refused
+
+
+def cmd_serve(args) -> int:
+    from .api import serve
+    from .ui import ChatService
+
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port 必須在 1–65535 之間（收到 {args.port}）。")
+    serve(args.host, args.port, ChatService(backend_settings(args)))
+    return 0
+
+
+def cmd_api_key_create(args) -> int:
+    from .api_keys import ApiKeys
+
+    path = args.file or os.environ.get("GUARDEDCHAT_API_KEYS")
+    if not path:
+        raise InputError("沒有指定金鑰檔。修正：加上 --file keys.yaml，或設定 GUARDEDCHAT_API_KEYS。")
+    token = ApiKeys.load(Path(path)).create(args.name, args.access, args.rate_limit)
+    print(token)
+    print(f"已加入 {path}（只存雜湊；這是唯一一次顯示金鑰）。啟動時設定 GUARDEDCHAT_API_KEYS={path}。", file=sys.stderr)
+    return 0
 
 
 def cmd_index(args) -> int:
@@ -407,12 +454,14 @@ def cmd_eval_gate(args) -> int:
     from .evaluate import evaluate_gate
     from .gate import gate_for
     from .runtime import other_domains
+    from .grounding import Retriever
     from .screening import screen
 
     def decide_for(domain_id: str):
         domain = get_domain(domain_id)
         gate = gate_for(domain, other_domains(domain))
-        return lambda message, history: screen(domain, gate, message, history)
+        evidence = Retriever(domain).strength
+        return lambda message, history: screen(domain, gate, message, history, evidence)
 
     report = evaluate_gate(args.cases, decide_for)
     if args.report:

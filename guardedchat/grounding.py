@@ -43,6 +43,13 @@ class Retriever:
                             mentioning=self.named_in(message, index))
         return [Passage(number, hit.title, hit.text, hit.doc, hit.score) for number, hit in enumerate(hits, 1)]
 
+    def strength(self, message: str) -> float:
+        """How well the public documents answer the message: the gate's evidence (never restricted
+        documents, whose contents must not show through what the gate lets in)."""
+        # Without the title bonus: a request that only borrows a name (以戚繼光為名的健身房) must not pass for one about him.
+        hits = self.index.search(message, "public", 1, title_bonus=False)
+        return hits[0].score if hits else 0.0
+
     def named_in(self, message: str, index: KnowledgeIndex) -> list[str]:
         """The specific lexicon names the question mentions: a document that answers it names one too."""
         text = normalize_text(message)

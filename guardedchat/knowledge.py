@@ -34,11 +34,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from .errors import InputError
 from .models import cache_dir
 
-KNOWLEDGE_VERSION = "2"  # bump when chunking or features change, so cached indexes rebuild
+KNOWLEDGE_VERSION = "4"  # bump when chunking or features change, so cached indexes rebuild
 ACCESS_LEVELS = ("public", "internal", "restricted")  # each level also sees the ones before it
 MAX_DOCUMENT_BYTES = 2_000_000
 PASSAGE_CHARS = 260  # a passage is a few sentences: long enough to answer, short enough to quote
 MIN_SCORE = 0.05  # below this cosine similarity a passage is not evidence (eval/knowledge_*.jsonl: 2 of 207 answering passages score lower)
+TITLE_BONUS = 0.1  # a question that names a document's title (鄭成功, PMP) is most likely about that document
 RECHECK_SECONDS = 5.0  # how often a running app looks for added or changed documents
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；])|(?<=\.)\s+")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.DOTALL)
@@ -172,6 +173,11 @@ def passages_of(document: Document, limit: int = PASSAGE_CHARS) -> list[str]:
     return [piece[: limit * 4] for piece in pieces]  # one endless "sentence" still ends somewhere
 
 
+def short_title(title: str) -> str:
+    """The name a question would use: 朱元璋（明太祖） → 朱元璋; PMP：實體記憶體保護 → pmp."""
+    return normalize_text(re.split(r"[（(：:、與]", title)[0].strip()) or normalize_text(title)
+
+
 def split_sentences(text: str) -> list[str]:
     return [part for part in _SENTENCE_END.split(text) if part and part.strip()]
 
@@ -206,32 +212,47 @@ class KnowledgeIndex:
     vectorizer: object = None
     by_term: object = None  # scipy CSR, terms × passages
     doc_text: dict[str, str] = field(default_factory=dict)  # normalized title + body, for entity checks
+    short_titles: dict[str, list] = field(default_factory=dict)  # normalized short title → its passage rows
 
     def search(self, query: str, level: str = "public", k: int = 5, history: Sequence[dict] = (),
-               min_score: float = 0.0, mentioning: Sequence[str] = ()) -> list[Hit]:
+               min_score: float = 0.0, mentioning: Sequence[str] = (), title_bonus: bool = True) -> list[Hit]:
         """The best passage of each of the k best documents the level may see, best first.
         With `mentioning`, only documents that name at least one of those (normalized) strings."""
         rank = access_rank(level)
         if not self.texts:
             return []
-        scores = self._scores(query, history)
+        scores = self._scores(query, history, title_bonus)
         scores[self.access > rank] = -1.0  # filtered before ranking: nothing above the level competes
         if mentioning:
-            named = {doc for doc, text in self.doc_text.items() if any(name in text for name in mentioning)}
+            named = set().union(*(self.documents_naming(name) for name in mentioning))
             scores[[doc not in named for doc in self.docs]] = -1.0
         return self._best_per_document(scores, k, min_score)
 
+    def documents_naming(self, name: str) -> frozenset:
+        """The documents whose text contains the (normalized) string; remembered, names recur."""
+        naming = self.__dict__.setdefault("_naming", {})  # a memo, not part of the cached index
+        if name not in naming:
+            if len(naming) > 10_000:
+                naming.clear()
+            naming[name] = frozenset(doc for doc, text in self.doc_text.items() if name in text)
+        return naming[name]
+
     def document_frequency(self, name: str) -> float:
         """The share of documents whose text contains the (normalized) string."""
-        return sum(name in text for text in self.doc_text.values()) / max(1, len(self.doc_text))
+        return len(self.documents_naming(name)) / max(1, len(self.doc_text))
 
-    def _scores(self, query: str, history: Sequence[dict]) -> np.ndarray:
+    def _scores(self, query: str, history: Sequence[dict], title_bonus: bool = True) -> np.ndarray:
         vector = self.vectorizer.transform([query[:2000]])
         context = _recent_questions(history)
         if context:
             # A follow-up ("他後來呢？") leans on the questions before it, at half weight.
             vector = vector + 0.5 * self.vectorizer.transform([context[:2000]])
-        return np.asarray((vector @ self.by_term).todense()).ravel()
+        scores = np.asarray((vector @ self.by_term).todense()).ravel()
+        asked = normalize_text(query[:2000]) if title_bonus else ""
+        for title, rows in self.short_titles.items() if asked else ():
+            if title in asked:
+                scores[rows] += TITLE_BONUS
+        return scores
 
     def _best_per_document(self, scores: np.ndarray, k: int, min_score: float) -> list[Hit]:
         order = np.argsort(-scores, kind="stable")
@@ -273,7 +294,9 @@ def build_index(folder: Path, progress: Optional[Callable[[int, int], None]] = N
     levels = []
     for done, document in enumerate(documents, 1):
         index.doc_text[document.name] = normalize_text(f"{document.title} {document.body}")
+        rows = index.short_titles.setdefault(short_title(document.title), [])
         for text in passages_of(document):
+            rows.append(len(index.texts))
             index.docs.append(document.name)
             index.titles.append(document.title)
             index.texts.append(text)

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 from .audit import AuditLog
 from .backend import LlamaCppBackend
 from .domains import Domain, load_all
+from .engine import EngineSettings, OpenAICompatBackend
 from .gate import gate_for
 from .grounding import Retriever
 from .models import resolve_model
@@ -26,6 +27,10 @@ class BackendSettings:
     n_ctx: int = 2048
     n_threads: Optional[int] = None
     n_gpu_layers: int = 0
+    engine_url: Optional[str] = None  # an OpenAI-compatible server instead of llama.cpp in process
+    engine_model: str = "default"
+    engine_api_key: Optional[str] = None
+    engine_chat_template: bool = False  # False: our completion prompt goes to the engine's /completions
 
     @classmethod
     def from_env(cls, **overrides) -> "BackendSettings":
@@ -35,19 +40,27 @@ class BackendSettings:
             n_ctx=int(env.get("GUARDEDCHAT_N_CTX", 2048)),
             n_threads=int(env["GUARDEDCHAT_N_THREADS"]) if env.get("GUARDEDCHAT_N_THREADS") else None,
             n_gpu_layers=int(env.get("GUARDEDCHAT_N_GPU_LAYERS", 0)),
+            engine_url=env.get("GUARDEDCHAT_ENGINE_URL") or None,
+            engine_model=env.get("GUARDEDCHAT_ENGINE_MODEL") or "default",
+            engine_api_key=env.get("GUARDEDCHAT_ENGINE_API_KEY") or None,
+            engine_chat_template=env.get("GUARDEDCHAT_ENGINE_CHAT_TEMPLATE", "0").lower() in ("1", "true", "yes"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
 
-_backends: dict[BackendSettings, LlamaCppBackend] = {}
+_backends: dict = {}
 _lock = threading.Lock()
 
 
 def get_backend(settings: BackendSettings, progress: Optional[Callable[[int, int], None]] = None,
-                on_load=None) -> LlamaCppBackend:
+                on_load=None):
     """One backend per settings per process: a model is loaded once and shared by every domain."""
     with _lock:
+        if settings not in _backends and settings.engine_url:
+            _backends[settings] = OpenAICompatBackend(EngineSettings(
+                settings.engine_url, settings.engine_model, settings.engine_api_key,
+                settings.engine_chat_template, settings.n_ctx))
         if settings not in _backends:
             resolved = resolve_model(settings.model, progress)
             _backends[settings] = LlamaCppBackend(
@@ -68,7 +81,8 @@ def build_pipeline(domain: Domain, backend, audit: Optional[AuditLog] = None,
     the domain gate) → retrieval from the domain's documents → generation (or quoting, for a base
     model) → Taiwan normalizer → output guard → NeMo output rails → audit.
     answer_mode (auto | quote | generate) defaults to $GUARDEDCHAT_ANSWER_MODE, else auto."""
-    checks = RailChecks(domain, lambda: gate_for(domain, other_domains(domain)))
+    retriever = Retriever(domain)
+    checks = RailChecks(domain, lambda: gate_for(domain, other_domains(domain)), retriever.strength)
     rails = LazyRails(domain, checks, backend)
     normalizer = for_domain(domain)
     mode = answer_mode or os.environ.get("GUARDEDCHAT_ANSWER_MODE") or "auto"
@@ -76,7 +90,7 @@ def build_pipeline(domain: Domain, backend, audit: Optional[AuditLog] = None,
         raise InputError(f"GUARDEDCHAT_ANSWER_MODE 是 '{mode}'，不認得。修正：用 {' | '.join(ANSWER_MODES)} 之一。")
     return Pipeline(domain, backend, input_checks=[rails.input_check],
                     stream_stages=[normalizer.stream, lambda: OutputGuard(checks)],
-                    output_check=rails.output_check, retrieve=Retriever(domain), answer_mode=mode,
+                    output_check=rails.output_check, retrieve=retriever, answer_mode=mode,
                     on_record=[audit or AuditLog.from_env()])
 
 

@@ -6,13 +6,17 @@ use this same function, so what is measured is what runs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 from . import injection
 from .domains import Domain
 from .gate import GateDecision, TrainedGate, decide
 
 MAX_MESSAGE_CHARS = 4000
+# A borderline gate refusal (score at least this share of the threshold) is overturned when the
+# domain's public documents answer the question this well: retrieval is evidence of being in scope.
+EVIDENCE_FLOOR = 0.5
+STRONG_EVIDENCE = 0.2  # out-of-scope questions score ≤ 0.17 against the shipped documents
 
 # What the user sees, by the reason a message was stopped (Traditional Chinese, Taiwan).
 MESSAGES = {
@@ -23,15 +27,24 @@ MESSAGES = {
 }
 
 
-def screen(domain: Domain, gate: TrainedGate, message: str, history: Sequence[dict] = ()) -> GateDecision:
-    """allow / greet / refuse for one message; a refusal's reason starts with the rail's name."""
+def screen(domain: Domain, gate: TrainedGate, message: str, history: Sequence[dict] = (),
+           evidence: Optional[Callable[[str], float]] = None) -> GateDecision:
+    """allow / greet / refuse for one message; a refusal's reason starts with the rail's name.
+    `evidence` scores how well the domain's documents answer the message (0 to 1)."""
     text = str(message or "")
     if len(text) > MAX_MESSAGE_CHARS:
         return GateDecision("refuse", 0.0, gate.threshold, f"message limits: {len(text)} characters")
     rule = injection.detect(text)
     if rule:
         return GateDecision("refuse", 0.0, gate.threshold, f"injection: {rule}")
-    return decide(gate, text, history)
+    decision = decide(gate, text, history)
+    if evidence is not None and decision.reason.startswith("out of scope: score") \
+            and decision.score >= EVIDENCE_FLOOR * decision.threshold:
+        strength = evidence(text)
+        if strength >= STRONG_EVIDENCE:
+            return GateDecision("allow", decision.score, decision.threshold,
+                                f"answered by the domain's documents (retrieval {strength:.2f}); score {decision.score:.2f}")
+    return decision
 
 
 def refusal_text(domain: Domain, decision: GateDecision) -> tuple[str, str, str]:

@@ -375,20 +375,29 @@ def _samples(domain) -> list[list[str]]:
     return [[question] for question in domain.examples.in_scope[:8]]
 
 
+def server_options(page: PageSettings) -> dict:
+    """The Gradio server options a deployment profile asks for (login, and a showcase's lockdown)."""
+    options: dict = {}
+    if page.users:
+        options["auth"] = list(page.users.items())
+    if page.profile == "showcase":
+        # Strangers use it: no monitoring dashboard, no run history or API page links, no uploads.
+        options.update(enable_monitoring=False, footer_links=["gradio"], max_file_size="1kb")
+    return options
+
+
+def queued(app: gr.Blocks, page: PageSettings) -> gr.Blocks:
+    return app.queue(default_concurrency_limit=int(os.environ.get("GUARDEDCHAT_CONCURRENCY", "1")),
+                     max_size=page.queue_size)
+
+
 def launch(app: Optional[gr.Blocks] = None, service: Optional[ChatService] = None, **kwargs):
     """Start the server with the deployment profile's queue, login and browser settings.
     GRADIO_SERVER_NAME and GRADIO_SERVER_PORT are honoured by Gradio itself."""
     service = service or (None if app is not None else ChatService())
     page = service.page if service is not None else load_settings()
-    app = app or create_app(service)
-    app.queue(default_concurrency_limit=int(os.environ.get("GUARDEDCHAT_CONCURRENCY", "1")),
-              max_size=page.queue_size)
-    if page.users:
-        kwargs.setdefault("auth", list(page.users.items()))
+    app = queued(app or create_app(service), page)
+    for name, value in server_options(page).items():
+        kwargs.setdefault(name, value)
     kwargs.setdefault("inbrowser", page.open_browser)
-    if page.profile == "showcase":
-        # Strangers use it: no monitoring dashboard, no run history or API page links, no uploads.
-        kwargs.setdefault("enable_monitoring", False)
-        kwargs.setdefault("footer_links", ["gradio"])
-        kwargs.setdefault("max_file_size", "1kb")
     return app.launch(css=CSS, **kwargs)

@@ -74,8 +74,9 @@ def start_page(folder, page_settings=None):
 
     store = FeedbackStore(folder / "feedback.sqlite3")
     port = free_port()
-    app = create_app(ChatService(feedback=store, page=page_settings))
-    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
+    service = ChatService(feedback=store, page=page_settings)
+    app = create_app(service)
+    launch(app, service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
     return app, f"http://127.0.0.1:{port}/", store
 
 

@@ -23,6 +23,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 def browser_page(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
+    # Streaming and Stop need model text: quoted answers (the default model's default) arrive whole.
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GUARDEDCHAT_ANSWER_MODE", "generate")
     app, url, store = start_page(tmp_path_factory.mktemp("browser"))
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
@@ -33,6 +36,7 @@ def browser_page(tmp_path_factory):
         yield page, store
         browser.close()
     app.close()
+    patch.undo()
 
 
 def _assistant_texts(page):

@@ -247,3 +247,32 @@ def test_generate_mode_with_the_default_model_puts_passages_in_its_prompt():
     assert record["model_called"] and record["reason"] is None
     assert record["sources"][0]["doc"] == "liu-mingchuan"
     assert record["tokens"]["prompt"] > 300  # the passages went in with the few-shot prompt
+
+
+@pytest.mark.model
+def test_page_lab_roles_and_showcase_levels(tmp_path):
+    from gradio_client import Client
+
+    from guardedchat.settings import PageSettings
+
+    from .conftest import start_page
+
+    question = "研究室的施琅題本整理計畫代號是什麼？進度如何？"
+    lab = PageSettings(profile="lab", login_required=True, users={"ada": "pw1", "lin": "pw2"}, roles={"ada": "restricted"})
+    app, url, _ = start_page(tmp_path / "lab", lab)
+    try:
+        answers = {}
+        for user, password in (("ada", "pw1"), ("lin", "pw2")):
+            history, _ = Client(url, auth=(user, password), verbose=False).predict(question, [], "mingqing", api_name="/respond")
+            answers[user] = "".join(part["text"] for part in history[-1]["content"])
+    finally:
+        app.close()
+    assert SECRET in answers["ada"] and "研究室筆記：施琅題本整理進度（未公開）" in answers["ada"]
+    assert SECRET not in answers["lin"] and "未公開" not in answers["lin"]
+    showcase = PageSettings(profile="showcase", show_panel=False, access="restricted", roles={"ada": "restricted"})
+    app, url, _ = start_page(tmp_path / "showcase", showcase)
+    try:
+        history, _ = Client(url, verbose=False).predict(question, [], "mingqing", api_name="/respond")
+    finally:
+        app.close()
+    assert SECRET not in json.dumps(history, ensure_ascii=False)

@@ -44,8 +44,10 @@ def shipped_banned_words() -> tuple[str, ...]:
 class RailChecks:
     """A domain's checks. gate_loader() returns its trained gate (loaded on first use)."""
 
-    def __init__(self, domain: Domain, gate_loader: Callable[[], TrainedGate]):
+    def __init__(self, domain: Domain, gate_loader: Callable[[], TrainedGate],
+                 evidence: Optional[Callable[[str], float]] = None):
         self.domain = domain
+        self.evidence = evidence
         self._gate_loader = gate_loader
         self._gate: Optional[TrainedGate] = None
         self.banned = tuple(sorted(set(shipped_banned_words()) | {normalize(w) for w in domain.banned_words}))
@@ -71,7 +73,8 @@ class RailChecks:
 
     def _screen(self, turn: dict) -> GateDecision:
         if "decision" not in turn:
-            turn["decision"] = screen(self.domain, self.gate, turn["message"], turn.get("history", ()))
+            turn["decision"] = screen(self.domain, self.gate, turn["message"], turn.get("history", ()),
+                                      self.evidence)
             turn["result"].gate = turn["decision"]
         return turn["decision"]
 
