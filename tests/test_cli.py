@@ -9,17 +9,20 @@ from .conftest import ROOT, run_cli
 pytestmark = pytest.mark.model
 
 
+GENERATE = {"GUARDEDCHAT_ANSWER_MODE": "generate"}  # the model writes the answer (default: quoted documents)
+
+
 def test_ask_prints_a_well_formed_answer():
-    result = run_cli("ask", "--domain", "mingqing", "鄭和是誰？")
+    result = run_cli("ask", "--domain", "mingqing", "鄭和是誰？", env=GENERATE)
     assert result.returncode == 0, result.stderr
-    answer = result.stdout.strip()
-    assert answer and "\n" not in answer
+    answer, sources = result.stdout.strip().split("\n")  # the answer on one line, then what it drew on
+    assert answer and sources.startswith(("來源：[1] ", "參考資料：[1] "))
     assert "問：" not in answer and "答：" not in answer
     assert result.stderr == ""
 
 
 def test_ask_json_record_follows_the_contract():
-    result = run_cli("ask", "--domain", "riscv", "--json", "RV64GC 包含哪些擴充？")
+    result = run_cli("ask", "--domain", "riscv", "--json", "RV64GC 包含哪些擴充？", env=GENERATE)
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert {"refused", "reason", "answer", "sources", "rails", "gate", "model_called", "timings"} <= set(record)

@@ -36,8 +36,8 @@ def test_in_scope_question_streams_an_answer(page):
     history, panel = Client(url, verbose=False).predict("鄭成功如何取得台灣？", [], "mingqing", api_name="/respond")
     (user, question, _), (assistant, answer, title) = texts(history)
     assert (user, question, assistant, title) == ("user", "鄭成功如何取得台灣？", "assistant", None)
-    assert answer.strip()
-    assert "**閘門分數**" in panel and "**模型**：gemma3-270m（Q4_K_M，上下文 2048，CPU）" in panel
+    assert answer.startswith("以下是資料庫中最相關段落的原文（未經模型改寫）：") and "\n\n來源：[1] 鄭成功" in answer
+    assert "**閘門分數**" in panel and "**回答方式**：引用資料原文（未呼叫模型）" in panel
 
 
 def test_refusal_is_styled_apart_and_names_the_rail(page):
