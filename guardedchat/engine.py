@@ -123,14 +123,22 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 def _pieces(response: httpx.Response, url: str) -> Iterator[str]:
-    """The text of each server-sent event until [DONE]; anything that is not an OpenAI chunk is an error."""
+    """The text of each server-sent event until [DONE]; anything that is not an OpenAI chunk is an error,
+    and so is a stream that ends without [DONE] (the engine died or was cut off)."""
     for line in response.iter_lines():
+        if not line or line.startswith((":", "event:", "id:", "retry:")):
+            continue  # blank lines, comments (": ping") and other SSE fields
         if not line.startswith("data:"):
-            continue  # blank lines, comments (": ping") and event names
+            raise BackendError(_not_openai(url, line))
         data = line[5:].strip()
         if data == "[DONE]":
             return
         yield _chunk_text(data, url)
+    raise BackendError(f"推論伺服器 {url} 在回答途中中斷（串流沒有正常結束）。修正：確認伺服器仍在執行，再問一次。")
+
+
+def _not_openai(url: str, data: str) -> str:
+    return f"推論伺服器 {url} 的回應不是 OpenAI 格式（{data[:80]!r}）。修正：確認網址指向 OpenAI 相容的 /v1 端點。"
 
 
 def _chunk_text(data: str, url: str) -> str:
@@ -141,6 +149,5 @@ def _chunk_text(data: str, url: str) -> str:
         choice = chunk["choices"][0] if chunk["choices"] else {}
         text = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise BackendError(f"推論伺服器 {url} 的回應不是 OpenAI 格式（{data[:80]!r}）。"
-                           "修正：確認網址指向 OpenAI 相容的 /v1 端點。") from exc
+        raise BackendError(_not_openai(url, data)) from exc
     return text or ""

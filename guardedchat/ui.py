@@ -241,6 +241,9 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                                            + "\n\n" + sources_line(event.record.sources)}
                         yield history, _panel(event.record, service), {
                             "domain": domain_id, "question": question, "record": event.record.to_json()}
+            except GuardedChatError as exc:  # the engine died or the model failed: say so, keep the page alive
+                history[-1] = {"role": "assistant", "content": _refusal("發生錯誤", str(exc))}
+                yield history, gr.update(), {}
             finally:
                 events.close()  # Stop closes this generator; closing the pipeline stops llama.cpp
 
