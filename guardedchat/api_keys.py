@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InputError
-from .knowledge import ACCESS_LEVELS
+from .knowledge import AccessLevel
 
 TOKEN_PREFIX = "gc-"
 
@@ -33,15 +33,9 @@ class ApiKey(BaseModel):
 
     name: str
     sha256: str
-    access: str = "public"
+    access: AccessLevel = "public"
     rate_limit_per_minute: Optional[int] = Field(default=None, ge=1)
 
-    @field_validator("access")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        if value not in ACCESS_LEVELS:
-            raise ValueError(f"access 必須是 {' | '.join(ACCESS_LEVELS)}")
-        return value
 
 
 def digest(token: str) -> str:

@@ -24,7 +24,7 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 @dataclass(frozen=True)
 class EngineSettings:
-    base_url: str                      # e.g. http://127.0.0.1:8080/v1
+    base_url: str                      # e.g. http://127.0.0.1:8080/v1; several, comma-separated, share the load
     model: str = "default"             # the engine's model name
     api_key: Optional[str] = None
     chat_template: bool = False        # False: send our completion prompt to /completions
@@ -36,15 +36,21 @@ class EngineSettings:
 
 
 class OpenAICompatBackend:
-    """Streams from an OpenAI-compatible endpoint; the rest of the pipeline does not know the difference."""
+    """Streams from an OpenAI-compatible endpoint; the rest of the pipeline does not know the difference.
+    With several engines, each request goes to the one with the fewest requests in flight."""
 
     def __init__(self, settings: EngineSettings, transport: Optional[httpx.BaseTransport] = None):
         self.settings = settings
         self.name = settings.model
+        self.urls = [url.strip().rstrip("/") for url in settings.base_url.split(",") if url.strip()]
+        if not self.urls:
+            raise BackendError("沒有設定推論伺服器的網址。修正：GUARDEDCHAT_ENGINE_URL=http://主機:埠/v1。")
         headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
         timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
-        self._client = httpx.Client(base_url=settings.base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                    transport=transport)
+        self._clients = [httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
+                         for url in self.urls]
+        self._in_flight = [0] * len(self.urls)
+        self._lock = threading.Lock()
 
     def info(self) -> ModelInfo:
         return ModelInfo(self.settings.model, self.settings.base_url, "remote", self.settings.n_ctx,
@@ -58,18 +64,20 @@ class OpenAICompatBackend:
     def stream(self, prompt: Prompt, settings: SamplingSettings,
                cancel: Optional[threading.Event] = None) -> Iterator[str]:
         path, body = self._request(prompt, settings)
-        response = self._open(path, body)
+        chosen, response = self._open(path, body)
         try:
-            for piece in _pieces(response, self.settings.base_url + path):
+            for piece in _pieces(response, self.urls[chosen] + path):
                 if cancel is not None and cancel.is_set():
                     return
                 if piece:
                     yield piece
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise BackendError(f"推論伺服器 {self.settings.base_url} 在回答途中中斷（{type(exc).__name__}）。"
+            raise BackendError(f"推論伺服器 {self.urls[chosen]} 在回答途中中斷（{type(exc).__name__}）。"
                                "修正：確認伺服器仍在執行，再問一次。") from exc
         finally:
             response.close()  # closing the connection makes the engine stop generating
+            with self._lock:
+                self._in_flight[chosen] -= 1
 
     def _request(self, prompt: Prompt, settings: SamplingSettings) -> tuple[str, dict]:
         body = {"model": self.settings.model, "stream": True, "max_tokens": settings.max_tokens,
@@ -80,29 +88,52 @@ class OpenAICompatBackend:
             return "/completions", {**body, "prompt": prompt.text, "stop": prompt.stop[:4]}
         raise BackendError(f"不支援的提示類型 {type(prompt).__name__}。")
 
-    def _open(self, path: str, body: dict) -> httpx.Response:
-        """The streaming response, retried with backoff while the engine is unreachable or busy."""
+    def _open(self, path: str, body: dict) -> tuple[int, httpx.Response]:
+        """(engine index, streaming response), retried with backoff (on the next engine, when there
+        are several) while engines are unreachable or busy. The caller owns the in-flight count."""
         delay = self.settings.backoff
+        tried: set[int] = set()
         for attempt in range(self.settings.retries + 1):
             last = attempt == self.settings.retries
+            chosen = self._pick(tried)
             try:
-                response = self._client.send(self._client.build_request("POST", path, json=body), stream=True)
+                client = self._clients[chosen]
+                response = client.send(client.build_request("POST", path, json=body), stream=True)
             except httpx.TransportError as exc:
+                self._release(chosen)
+                tried.add(chosen)
                 if last:
-                    raise BackendError(_unreachable(self.settings.base_url, exc)) from exc
+                    raise BackendError(_unreachable(self.urls[chosen], exc)) from exc
             else:
                 if response.status_code == 200:
-                    return response
+                    return chosen, response
+                self._release(chosen)
+                tried.add(chosen)
                 detail = _error_detail(response)
                 if response.status_code not in RETRYABLE_STATUS or last:
-                    raise BackendError(f"推論伺服器回應 HTTP {response.status_code}：{detail}。"
+                    raise BackendError(f"推論伺服器 {self.urls[chosen]} 回應 HTTP {response.status_code}：{detail}。"
                                        "修正：確認 GUARDEDCHAT_ENGINE_URL 與 GUARDEDCHAT_ENGINE_MODEL 的設定。")
+            if len(tried) < len(self.urls):
+                continue  # another engine may be up: no need to wait
             time.sleep(delay)
             delay *= 2
+            tried.clear()
         raise AssertionError("unreachable")
 
+    def _pick(self, avoid: set[int]) -> int:
+        with self._lock:
+            candidates = [i for i in range(len(self.urls)) if i not in avoid] or list(range(len(self.urls)))
+            chosen = min(candidates, key=lambda i: self._in_flight[i])
+            self._in_flight[chosen] += 1
+            return chosen
+
+    def _release(self, chosen: int) -> None:
+        with self._lock:
+            self._in_flight[chosen] -= 1
+
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients:
+            client.close()
 
 
 def _unreachable(url: str, exc: Exception) -> str:

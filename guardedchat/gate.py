@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from . import disk_cache
 from .domains import Domain
 from .models import cache_dir
 
@@ -448,30 +449,9 @@ def gate_for(domain: Domain, others: Sequence[Domain]) -> TrainedGate:
         if key in _gates:
             return _gates[key]
         path = cache_dir() / "gates" / f"{domain.id}-{key}.pkl"
-        gate = _load_cached(path)
+        gate = disk_cache.load(path, TrainedGate)
         if gate is None:
             gate = train(domain, others)
-            _save(path, gate)
+            disk_cache.save(path, gate)
         _gates[key] = gate
         return gate
-
-
-def _load_cached(path: Path) -> Optional[TrainedGate]:
-    try:
-        with open(path, "rb") as handle:
-            gate = pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
-        return None  # missing or from another version: retrain
-    return gate if isinstance(gate, TrainedGate) else None
-
-
-def _save(path: Path, gate: TrainedGate) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        with open(partial, "wb") as handle:
-            pickle.dump(gate, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        partial.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs a retrain next start
-

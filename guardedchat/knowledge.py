@@ -19,18 +19,18 @@ is reported by name and skipped; the rest index normally.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Annotated, Callable, Optional, Sequence
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
+from . import disk_cache
 from .errors import InputError
 from .models import cache_dir
 
@@ -45,12 +45,22 @@ _SENTENCE_END = re.compile(r"(?<=[。！？!?；])|(?<=\.)\s+")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.DOTALL)
 
 
+def check_level(value: str) -> str:
+    """A pydantic validator body: the level, or ValueError naming the allowed ones."""
+    if value not in ACCESS_LEVELS:
+        raise ValueError(f"access 必須是 {' | '.join(ACCESS_LEVELS)}（收到 {value!r}）")
+    return value
+
+
+AccessLevel = Annotated[str, AfterValidator(check_level)]
+
+
 class FrontMatter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str
     sources: list[str] = []
-    access: str
+    access: AccessLevel
 
     @field_validator("title")
     @classmethod
@@ -64,12 +74,6 @@ class FrontMatter(BaseModel):
     def _one_source_is_a_list(cls, value):
         return [value] if isinstance(value, str) else value
 
-    @field_validator("access")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        if value not in ACCESS_LEVELS:
-            raise ValueError(f"access 必須是 {' | '.join(ACCESS_LEVELS)}（收到 {value!r}）")
-        return value
 
 
 @dataclass(frozen=True)
@@ -329,29 +333,9 @@ def index_for(folder: Path, rebuild: bool = False,
             _indexes[key] = (time.monotonic(), cached[1])
             return cached[1]
         path = cache_dir() / "knowledge" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}-{current}.pkl"
-        index = None if rebuild else _load(path)
+        index = None if rebuild else disk_cache.load(path, KnowledgeIndex)
         if index is None:
             index = build_index(folder, progress)
-            _save(path, index)
+            disk_cache.save(path, index)
         _indexes[key] = (time.monotonic(), index)
         return index
-
-
-def _load(path: Path) -> Optional[KnowledgeIndex]:
-    try:
-        with open(path, "rb") as handle:
-            index = pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
-        return None
-    return index if isinstance(index, KnowledgeIndex) else None
-
-
-def _save(path: Path, index: KnowledgeIndex) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        with open(partial, "wb") as handle:
-            pickle.dump(index, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        partial.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs a rebuild next start

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InputError
-from .knowledge import ACCESS_LEVELS
+from .knowledge import AccessLevel
 
 PROFILES = {
     "desktop": {"show_panel": True, "open_browser": True},
@@ -37,30 +37,15 @@ class PageSettings(BaseModel):
     queue_size: Optional[int] = Field(default=None, ge=1)
     login_required: bool = False
     users: dict[str, str] = Field(default_factory=dict)      # user name → password
-    roles: dict[str, str] = Field(default_factory=dict)      # user name → access level (lab)
-    access: str = "public"  # the level of anyone without a role (and of everyone on a showcase)
+    roles: dict[str, AccessLevel] = Field(default_factory=dict)  # user name → access level (lab)
+    access: AccessLevel = "public"  # the level of anyone without a role (and of everyone on a showcase)
 
-    @field_validator("access")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        return _level(value)
-
-    @field_validator("roles")
-    @classmethod
-    def _known_levels(cls, value: dict) -> dict:
-        return {user: _level(level) for user, level in value.items()}
 
     def access_for(self, user: Optional[str]) -> str:
         """The documents this user may see. A showcase serves public documents only, whatever the file says."""
         if self.profile == "showcase":
             return "public"
         return self.roles.get(user, self.access) if user else self.access
-
-
-def _level(value: str) -> str:
-    if value not in ACCESS_LEVELS:
-        raise ValueError(f"存取等級必須是 {' | '.join(ACCESS_LEVELS)}（收到 {value!r}）")
-    return value
 
 
 def load_settings(profile: Optional[str] = None, path: Optional[Path] = None) -> PageSettings:

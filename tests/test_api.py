@@ -301,7 +301,7 @@ def fake_engine():
 
 @pytest.mark.parametrize("behaviour,message", [
     ("garbage", "的回應不是 OpenAI 格式（'<html>not an engine</html>'）。修正：確認網址指向 OpenAI 相容的 /v1 端點。"),
-    ("busy", "推論伺服器回應 HTTP 503：loading model。修正：確認 GUARDEDCHAT_ENGINE_URL 與 GUARDEDCHAT_ENGINE_MODEL 的設定。"),
+    ("busy", "回應 HTTP 503：loading model。修正：確認 GUARDEDCHAT_ENGINE_URL 與 GUARDEDCHAT_ENGINE_MODEL 的設定。"),
     ("slow", "逾時（ReadTimeout）。修正：啟動伺服器"),
 ])
 def test_engine_misbehaving_gives_clear_errors(fake_engine, behaviour, message):
@@ -323,6 +323,15 @@ def test_engine_down_is_retried_then_explained():
     assert str(caught.value) == (
         f"推論伺服器 {url} 連不上（ConnectError）。修正：啟動伺服器（例如 python -m llama_cpp.server --model 模型.gguf "
         "--port 8080），或把 GUARDEDCHAT_ENGINE_URL 改成正確的位址。")
+
+
+def test_several_engines_share_the_load_and_cover_for_one_that_is_down(engine):
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAICompatBackend(EngineSettings(f"{down},{engine}", retries=1, backoff=0.05))
+    prompt = CompletionPrompt("問：明朝的第一個皇帝是誰？\n答：", ["\n問："])
+    for _ in range(2):  # whichever engine is picked first, the answer comes from the one that is up
+        assert "".join(backend.stream(prompt, SamplingSettings(max_tokens=8))).strip()
+    assert backend._in_flight == [0, 0]
 
 
 def test_engine_dying_mid_stream_gives_the_client_an_error_and_the_app_keeps_serving(monkeypatch):
