@@ -79,7 +79,9 @@ def main():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    # The model writes every answer (quoted answers would never load it): the load this measures.
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], stdout=subprocess.DEVNULL,
+                              env={**os.environ, "GUARDEDCHAT_ANSWER_MODE": "generate"},
                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -109,7 +109,7 @@ def main():
     args = parser.parse_args()
     domain = get_domain("mingqing")
     backend = get_backend(BackendSettings.from_env())
-    pipeline = build_pipeline(domain, backend)
+    pipeline = build_pipeline(domain, backend, answer_mode="generate")  # the model writes; raw is the baseline
     list(pipeline.run("海瑞是誰？"))  # warm up: model, gate, NeMo, converters
     refusal = refusals(pipeline, args.refusals)
     guarded, raw = [], []

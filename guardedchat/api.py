@@ -58,19 +58,21 @@ def create_api(service: ChatService, keys: Optional[ApiKeys] = None) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError):
         return exc.response()
 
+    closed = service.page.login_required and not keys  # a page behind a login never gets an open API
+
     @api.get("/v1/models")
     async def list_models(request: Request):
-        _authenticate(request, keys)
+        _authenticate(request, keys, closed)
         return {"object": "list", "data": [_model_card(i) for i in sorted(service.domains)]}
 
     @api.get("/v1/models/{model}")
     async def get_model(model: str, request: Request):
-        _authenticate(request, keys)
+        _authenticate(request, keys, closed)
         return _model_card(_domain_id(model, service))
 
     @api.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        key = _authenticate(request, keys)
+        key = _authenticate(request, keys, closed)
         _rate_limit(request, key, service, limiter, key_limiters)
         body = await _read_json(request)
         domain_id, history, message, stream, usage = _parse(body, service)
@@ -90,7 +92,11 @@ def _model_card(domain_id: str) -> dict:
     return {"id": MODEL_PREFIX + domain_id, "object": "model", "created": 0, "owned_by": "guardedchat"}
 
 
-def _authenticate(request: Request, keys: ApiKeys) -> Optional[ApiKey]:
+def _authenticate(request: Request, keys: ApiKeys, closed: bool = False) -> Optional[ApiKey]:
+    if closed:
+        raise ApiError(401, "這個部署的網頁需要登入，所以 API 需要金鑰，但沒有設定任何金鑰。修正：用 `guardedchat api-key "
+                            "create --name 名稱 --file keys.yaml` 建立金鑰，並設定 GUARDEDCHAT_API_KEYS=keys.yaml。",
+                       code="invalid_api_key")
     if not keys:
         return None
     header = request.headers.get("authorization", "")

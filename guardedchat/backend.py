@@ -125,7 +125,9 @@ class LlamaCppBackend:
             self.on_load(self)
         _silence_llama_log()
         try:
-            return Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+            # llama-cpp-python's own default is half the cores; --threads says "default: all".
+            threads = self.n_threads or os.cpu_count() or 1
+            return Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=threads, n_threads_batch=threads,
                          n_gpu_layers=self.n_gpu_layers, seed=self.seed, chat_format=self.chat_format,
                          verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:

@@ -222,6 +222,37 @@ def test_api_keys_access_levels_and_rate_limits(tmp_path):
         server.stop()
 
 
+def test_serve_command_starts_page_and_api_on_one_port():
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "guardedchat.cli", "serve", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert [m["id"] for m in models["data"]] == ["guardedchat-mingqing", "guardedchat-riscv"]
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=20)
+    assert out.startswith(f"GuardedChat：網頁 http://127.0.0.1:{port}/　API http://127.0.0.1:{port}/v1")
+
+
+def test_a_lab_page_behind_a_login_never_gets_an_open_api():
+    server = Served(page=PageSettings(profile="lab", login_required=True, users={"ada": "pw"}))
+    try:
+        response = httpx.get(server.url + "/v1/models", timeout=10)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+        assert response.json()["error"]["message"].startswith("這個部署的網頁需要登入，所以 API 需要金鑰")
+    finally:
+        server.stop()
+
+
 # -- README examples, run as written (host and port substituted)
 
 def readme_example(name: str) -> str:
@@ -349,6 +380,10 @@ def test_engine_dying_mid_stream_gives_the_client_an_error_and_the_app_keeps_ser
         assert ask(server.client(), "推薦台北的牛肉麵").choices[0].finish_reason == "content_filter"
         with pytest.raises(APIError, match="連不上"):  # the engine is gone: a clear error, not a hang
             ask(server.client(), "鄭和下西洋幾次？")
+        from gradio_client import Client
+
+        history, _ = Client(server.url + "/", verbose=False).predict("鄭和下西洋幾次？", [], "mingqing", api_name="/respond")
+        assert history[-1]["content"][0]["text"].startswith("🚫 **發生錯誤**\n\n> 推論伺服器 ")  # the page says so too
     finally:
         process.kill()
         server.stop()
