@@ -234,8 +234,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30, help="per throughput configuration")
     parser.add_argument("--soak", type=float, default=60, help="the 8-client run's length")
     parser.add_argument("--runs", type=int, default=5, help="alternating direct/API runs for the overhead")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads, both sides")
+    parser.add_argument("--overhead-only", action="store_true", help="only the direct-vs-API comparisons")
     args = parser.parse_args()
-    result: dict = {"benchmark": "api", "model": "gemma3-270m (default)", "cpu_count": os.cpu_count()}
+    os.environ["GUARDEDCHAT_N_THREADS"] = str(args.threads)
+    result: dict = {"benchmark": "api", "model": "gemma3-270m (default)", "cpu_count": os.cpu_count(),
+                    "llama_threads": args.threads}
     processes = []
     try:
         # 1. llama.cpp in process: raw llama-cpp-python vs the API over the in-process backend.
@@ -243,7 +247,7 @@ def main() -> int:
         processes.append(api)
         from llama_cpp import Llama
 
-        threads = os.cpu_count()
+        threads = args.threads
         llm = Llama(model_path=str(ensure_default_model()), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
                     verbose=False)
         client = OpenAI(base_url=api_url, api_key="unused", max_retries=0, timeout=300)
@@ -254,14 +258,15 @@ def main() -> int:
                                                   lambda name, q: (direct if name == "direct" else through_api)(q))
         del llm
         result["refusal_through_api"] = refusal_latency(api_url)
-        result["in_process_throughput"] = [load(api_url, n, args.seconds) for n in (1, 4)]
-        result["in_process_throughput"].append(load(api_url, 8, args.soak))
+        if not args.overhead_only:
+            result["in_process_throughput"] = [load(api_url, n, args.seconds) for n in (1, 4)]
+            result["in_process_throughput"].append(load(api_url, 8, args.soak))
         api.terminate()
         api.wait()
         processes.remove(api)
 
         # 2. llama_cpp.server as the engine: direct streaming vs through our API.
-        engine, engine_url = start_engine(threads=os.cpu_count())  # its own default is half the cores
+        engine, engine_url = start_engine(threads=args.threads)  # its own default is half the cores
         processes.append(engine)
         api, api_url = start_api(engine_url)
         processes.append(api)
@@ -270,6 +275,8 @@ def main() -> int:
         # One engine, one prompt cache: warming it once serves whichever side runs next.
         result["engine_overhead"] = alternate(args.runs, direct, lambda q: stream_once(client, q),
                                               lambda name, q: direct(q))
+        if args.overhead_only:
+            return _report(result)
         result["engine_throughput"] = [load(api_url, n, args.seconds) for n in (1, 4)]
         result["engine_throughput"].append(load(api_url, 8, args.soak))
         for process in (api, engine):
@@ -288,6 +295,10 @@ def main() -> int:
             process.terminate()
         for process in processes:
             process.wait()
+    return _report(result)
+
+
+def _report(result: dict) -> int:
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
