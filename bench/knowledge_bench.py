@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from guardedchat import knowledge  # noqa: E402
+from guardedchat import disk_cache, knowledge  # noqa: E402
 from guardedchat.domains import load_domain  # noqa: E402
 from guardedchat.grounding import Retriever  # noqa: E402
 from guardedchat.knowledge import build_index, load_documents, split_sentences  # noqa: E402
@@ -87,9 +87,9 @@ def main() -> int:
         index = build_index(folder)
         build_s = time.perf_counter() - started
         path = Path(tmp) / "index.pkl"
-        knowledge._save(path, index)
+        disk_cache.save(path, index)
         started = time.perf_counter()
-        knowledge._load(path)
+        assert disk_cache.load(path, knowledge.KnowledgeIndex) is not None
         load_s = time.perf_counter() - started
         asked = queries(args.queries)
         for question in asked[:5]:
