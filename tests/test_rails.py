@@ -2,6 +2,9 @@
 backend through the LLMModel adapter, the streaming output guard, and the audit log."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -148,3 +151,24 @@ def test_audit_log_that_cannot_be_written_does_not_break_a_turn(tmp_path):
     blocker.write_text("x")
     _, guarded = pipeline(["鄭成功於1662年取得台灣。"], AuditLog(blocker / "audit.jsonl"))
     assert isinstance(list(guarded.run("鄭成功如何取得台灣？"))[-1], FinalEvent)
+
+
+# NeMo's own opt-outs: pytest loaded, CI=true, DO_NOT_TRACK, its env var. A user's run has none of them.
+NEMO_OPT_OUTS = ("PYTEST_CURRENT_TEST", "CI", "DO_NOT_TRACK", "NEMO_GUARDRAILS_NO_USAGE_STATS")
+
+
+@pytest.mark.parametrize("opt_in, reports", [(None, False), ("0", True)])
+def test_nemo_usage_statistics_are_off_unless_the_operator_turns_them_on(tmp_path, opt_in, reports):
+    from guardedchat.models import cache_dir
+
+    env = {key: value for key, value in os.environ.items() if key not in NEMO_OPT_OUTS}
+    # NeMo writes every event it sends to ~/.config/nemoguardrails/usage_stats.json; nothing leaves loopback.
+    env.update(HOME=str(tmp_path), GUARDEDCHAT_CACHE=str(cache_dir()),
+               NEMO_GUARDRAILS_USAGE_STATS_SERVER="http://127.0.0.1:9/")
+    if opt_in is not None:
+        env["NEMO_GUARDRAILS_NO_USAGE_STATS"] = opt_in
+    command = [sys.executable, "-m", "guardedchat.cli", "ask", "--domain", "mingqing", "鄭成功如何取得台灣？"]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "來源" in result.stdout  # the rails ran: the question was answered through the pipeline
+    assert (tmp_path / ".config" / "nemoguardrails" / "usage_stats.json").exists() is reports

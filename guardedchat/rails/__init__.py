@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -21,6 +22,11 @@ from typing import Any, AsyncIterator, Optional, Sequence
 from ..domains import Domain
 from ..errors import GuardedChatError
 from .checks import Blocked, RailChecks
+
+# NeMo Guardrails reports usage to NVIDIA by default (an event per config, a heartbeat thread every
+# 10 minutes, a copy in ~/.config/nemoguardrails/). A lab's guarded chatbot must not phone home
+# unasked: off unless the operator sets NEMO_GUARDRAILS_NO_USAGE_STATS=0 themselves.
+os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
 
 INPUT_ONLY = {"rails": {"input": True, "output": False, "dialog": False, "retrieval": False}}
 OUTPUT_ONLY = {"rails": {"input": False, "output": True, "dialog": False, "retrieval": False}}
