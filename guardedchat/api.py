@@ -223,7 +223,7 @@ def _finish_reason(record, max_tokens: int) -> str:
 
 def _extension(record) -> dict:
     return {"refused": record.refused, "reason": record.reason, "sources": record.sources, "rails": record.rails,
-            "gate": record.gate, "model_called": record.model_called}
+            "gate": record.gate, "model_called": record.model_called, "timings": record.timings}
 
 
 def _usage(record) -> dict:

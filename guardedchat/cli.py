@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval = kinds.add_parser("retrieval", help="knowledge cases: {id, domain, question, doc} → recall@1/@5")
     retrieval.add_argument("cases", help="JSONL case file")
     retrieval.add_argument("--json", action="store_true", help="print the JSON report (default: a summary)")
+    retrieval.add_argument("--baseline", action="store_true",
+                           help="also score whole-document character TF-IDF on the same cases")
     retrieval.set_defaults(handler=cmd_eval_retrieval)
     grounded = kinds.add_parser("grounded", help="knowledge cases through the whole pipeline: is the right document cited?")
     grounded.add_argument("cases", help="JSONL case file")
@@ -413,16 +415,27 @@ def cmd_eval_taiwan(args) -> int:
 
 
 def cmd_eval_retrieval(args) -> int:
-    from .evaluate import evaluate_retrieval
+    from .evaluate import WholeDocumentBaseline, evaluate_retrieval
     from .knowledge import index_for
 
     report = evaluate_retrieval(args.cases, lambda domain_id: index_for(get_domain(domain_id).knowledge_dir))
+    if args.baseline:
+        baselines: dict = {}
+
+        def baseline_for(domain_id: str):
+            if domain_id not in baselines:
+                baselines[domain_id] = WholeDocumentBaseline(get_domain(domain_id).knowledge_dir)
+            return baselines[domain_id]
+
+        report["baseline"] = evaluate_retrieval(args.cases, baseline_for)["summary"]
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return 0
-    for domain, stats in report["summary"]["domains"].items():
-        print(f"{domain}: cases {stats['cases']}  recall@1 {stats['recall_at_1']:.2%}  "
-              f"recall@5 {stats['recall_at_5']:.2%}  MRR {stats['mrr']:.3f}  p50 {stats['p50_ms']} ms")
+    rows = [("", report["summary"])] + ([("baseline (whole documents) ", report["baseline"])] if args.baseline else [])
+    for label, summary in rows:
+        for domain, stats in summary["domains"].items():
+            print(f"{label}{domain}: cases {stats['cases']}  recall@1 {stats['recall_at_1']:.2%}  "
+                  f"recall@5 {stats['recall_at_5']:.2%}  MRR {stats['mrr']:.3f}  p50 {stats['p50_ms']} ms")
     for row in report["cases"]:
         if not row["ok"]:
             print(f"✗ {row['id']} {row['question']} → {row['got'][:3]}（預期 {row['expect']}）")

@@ -139,6 +139,27 @@ def evaluate_retrieval(path: Path, index_for_domain, k: int = 5) -> dict:
     return {"summary": _retrieval_summary(results, k), "cases": results}
 
 
+class WholeDocumentBaseline:
+    """The baseline retrieval is measured against: one TF-IDF row per whole document, plain character
+    1–3 grams (no passages, no title bonus, no script normalization), what a first attempt would do."""
+
+    def __init__(self, folder: Path):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        from .knowledge import load_documents
+
+        documents, _ = load_documents(folder)
+        self.names = [document.name for document in documents]
+        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
+        self.rows = self.vectorizer.fit_transform(f"{d.title}\n{d.body}" for d in documents)
+
+    def search(self, question: str, level: str, k: int) -> list:
+        from .knowledge import Hit
+
+        scores = (self.rows @ self.vectorizer.transform([question]).T).toarray().ravel()
+        return [Hit(self.names[i], "", float(scores[i]), "", "") for i in scores.argsort()[::-1][:k]]
+
+
 def _retrieval_summary(results: list[dict], k: int) -> dict:
     by_domain = defaultdict(list)
     for row in results:

@@ -207,6 +207,21 @@ def test_cli_search_contract_and_access():
     assert hits == sorted(hits, key=lambda h: -h["score"])
 
 
+def test_cli_eval_retrieval_against_the_whole_document_baseline(tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    rows = [{"id": "r1", "domain": "riscv", "question": "PMP 的 TOR 模式", "doc": "pmp"},
+            {"id": "m1", "domain": "mingqing", "question": "鄭和下西洋幾次？", "doc": "zheng-he"}]
+    cases.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    report = json.loads(run_cli("eval", "retrieval", str(cases), "--baseline", "--json").stdout)
+    assert [(case["id"], case["rank"]) for case in report["cases"]] == [("r1", 1), ("m1", 1)]
+    assert sorted(report["baseline"]["domains"]) == ["mingqing", "riscv"]
+    assert report["baseline"]["cases"] == 2 and 0 <= report["baseline"]["recall_at_5"] <= 1
+    lines = run_cli("eval", "retrieval", str(cases), "--baseline").stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["riscv", "mingqing", "baseline (whole documents) riscv",
+                                                      "baseline (whole documents) mingqing"]
+    assert lines[0].startswith("riscv: cases 1  recall@1 100.00%  recall@5 100.00%  MRR 1.000  p50 ")
+
+
 def test_cli_bad_access_level_from_the_environment():
     result = run_cli("search", "--domain", "riscv", "PMP", env={"GUARDEDCHAT_ACCESS": "admin"})
     assert result.returncode == 2
