@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -420,13 +421,7 @@ def cmd_eval_retrieval(args) -> int:
 
     report = evaluate_retrieval(args.cases, lambda domain_id: index_for(get_domain(domain_id).knowledge_dir))
     if args.baseline:
-        baselines: dict = {}
-
-        def baseline_for(domain_id: str):
-            if domain_id not in baselines:
-                baselines[domain_id] = WholeDocumentBaseline(get_domain(domain_id).knowledge_dir)
-            return baselines[domain_id]
-
+        baseline_for = functools.cache(lambda domain_id: WholeDocumentBaseline(get_domain(domain_id).knowledge_dir))
         report["baseline"] = evaluate_retrieval(args.cases, baseline_for)["summary"]
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
@@ -446,12 +441,10 @@ def cmd_eval_grounded(args) -> int:
     from .evaluate import evaluate_grounded
 
     settings = BackendSettings.from_env(model=args.model)
-    pipelines: dict = {}
 
+    @functools.cache
     def pipeline_for(domain_id: str):
-        if domain_id not in pipelines:
-            pipelines[domain_id] = build_pipeline(get_domain(domain_id), get_backend(settings), answer_mode=args.answer_mode)
-        return pipelines[domain_id]
+        return build_pipeline(get_domain(domain_id), get_backend(settings), answer_mode=args.answer_mode)
 
     report = evaluate_grounded(args.cases, pipeline_for, args.limit)
     if args.json:

@@ -222,6 +222,19 @@ def test_cli_eval_retrieval_against_the_whole_document_baseline(tmp_path):
     assert lines[0].startswith("riscv: cases 1  recall@1 100.00%  recall@5 100.00%  MRR 1.000  p50 ")
 
 
+@pytest.mark.model
+def test_cli_eval_grounded_summary_on_the_default_model(tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    rows = [{"id": "r1", "domain": "riscv", "question": "PMP 的 TOR 模式是什麼？", "doc": "pmp"},
+            {"id": "m1", "domain": "mingqing", "question": "鄭和下西洋幾次？", "doc": "zheng-he"},
+            {"id": "m2", "domain": "mingqing", "question": "推薦台北的牛肉麵", "doc": "zheng-he"}]
+    cases.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    result = run_cli("eval", "grounded", str(cases))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("cases 3  cites the right document 66.67%  cites any 66.67%  refused 33.33%  "
+                                     "{'quoted': 2, 'out_of_scope': 1}")
+
+
 def test_cli_bad_access_level_from_the_environment():
     result = run_cli("search", "--domain", "riscv", "PMP", env={"GUARDEDCHAT_ACCESS": "admin"})
     assert result.returncode == 2
