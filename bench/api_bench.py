@@ -132,19 +132,19 @@ def stream_once(client: OpenAI, question: str) -> dict:
 
 
 def direct_engine_once(url: str, question: str) -> dict:
-    """The baseline: the same completion prompt streamed straight from the engine's /v1/completions."""
+    """The baseline: the same completion prompt streamed straight from the engine's /v1/completions,
+    read with the same official client as the API side (its parsing costs both sides alike)."""
     prompt, settings = completion_prompt(question)
-    body = {"model": "default", "prompt": prompt.text, "stop": prompt.stop[:4], "stream": True,
-            "max_tokens": settings.max_tokens, "temperature": settings.temperature, "top_p": settings.top_p}
+    client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
     started = time.perf_counter()
     first, last, tokens = None, None, 0
-    with httpx.stream("POST", url + "/completions", json=body, timeout=300) as response:
-        for line in response.iter_lines():
-            if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                if json.loads(line[5:])["choices"][0].get("text"):
-                    last = time.perf_counter()
-                    first = first or last
-                    tokens += 1
+    for chunk in client.completions.create(model="default", prompt=prompt.text, stop=prompt.stop[:4], stream=True,
+                                           max_tokens=settings.max_tokens, temperature=settings.temperature,
+                                           top_p=settings.top_p):
+        if chunk.choices and chunk.choices[0].text:
+            last = time.perf_counter()
+            first = first or last
+            tokens += 1
     ended = time.perf_counter()
     return rates(tokens, started, first, ended, last)
 
