@@ -389,9 +389,9 @@ def server_options(page: PageSettings) -> dict:
     return options
 
 
-# Gradio's queue looks for work every 1 ms, busy or idle: 8% of a core here, taken from llama.cpp on
-# the same cores (API tokens/s fell to 92% of the engine's). Every 50 ms costs 0.6%, and a page turn
-# (seconds of generation) at most 50 ms more to start.
+# Gradio's queue looks for work every 1 ms, busy or idle: 8% of a core here, which llama.cpp on the
+# same cores loses. Every 50 ms the whole server idles at under 1%, and a page turn (seconds of
+# generation) waits at most 50 ms more to start (bench/page_bench.py --queue-poll compares).
 QUEUE_POLL_SECONDS = 0.05
 PROGRESS_POLL_SECONDS = 0.1
 
