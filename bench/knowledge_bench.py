@@ -89,8 +89,10 @@ def main() -> int:
         path = Path(tmp) / "index.pkl"
         disk_cache.save(path, index)
         started = time.perf_counter()
-        assert disk_cache.load(path, knowledge.KnowledgeIndex) is not None
+        loaded = disk_cache.load(path, knowledge.KnowledgeIndex)
         load_s = time.perf_counter() - started
+        if loaded is None:  # a load that failed would time nothing
+            raise SystemExit(f"{path}: the cached index did not load back")
         asked = queries(args.queries)
         for question in asked[:5]:
             index.search(question)  # warm-up

@@ -390,8 +390,8 @@ def server_options(page: PageSettings) -> dict:
 
 
 # Gradio's queue looks for work every 1 ms, busy or idle: 8% of a core here, which llama.cpp on the
-# same cores loses. Every 30 ms the whole server idles at about 1.4%, and a refusal on the page took
-# 96 ms against Gradio's 91 ms; at 50 ms it took 131 ms (bench/page_bench.py --queue-poll compares).
+# same cores loses. Every 30 ms the whole server idles at about 1.3%, and a refusal on the page took
+# 93 ms against Gradio's 91 ms; at 50 ms it took 131 ms (bench/page_bench.py --queue-poll compares).
 QUEUE_POLL_SECONDS = 0.03
 PROGRESS_POLL_SECONDS = 0.03
 

@@ -207,11 +207,16 @@ def test_cli_search_contract_and_access():
     assert hits == sorted(hits, key=lambda h: -h["score"])
 
 
+def write_cases(folder, rows):
+    cases = folder / "cases.jsonl"
+    cases.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return cases
+
+
 def test_cli_eval_retrieval_against_the_whole_document_baseline(tmp_path):
-    cases = tmp_path / "cases.jsonl"
     rows = [{"id": "r1", "domain": "riscv", "question": "PMP 的 TOR 模式", "doc": "pmp"},
             {"id": "m1", "domain": "mingqing", "question": "鄭和下西洋幾次？", "doc": "zheng-he"}]
-    cases.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    cases = write_cases(tmp_path, rows)
     report = json.loads(run_cli("eval", "retrieval", str(cases), "--baseline", "--json").stdout)
     assert [(case["id"], case["rank"]) for case in report["cases"]] == [("r1", 1), ("m1", 1)]
     assert sorted(report["baseline"]["domains"]) == ["mingqing", "riscv"]
@@ -224,11 +229,10 @@ def test_cli_eval_retrieval_against_the_whole_document_baseline(tmp_path):
 
 @pytest.mark.model
 def test_cli_eval_grounded_summary_on_the_default_model(tmp_path):
-    cases = tmp_path / "cases.jsonl"
     rows = [{"id": "r1", "domain": "riscv", "question": "PMP 的 TOR 模式是什麼？", "doc": "pmp"},
             {"id": "m1", "domain": "mingqing", "question": "鄭和下西洋幾次？", "doc": "zheng-he"},
             {"id": "m2", "domain": "mingqing", "question": "推薦台北的牛肉麵", "doc": "zheng-he"}]
-    cases.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    cases = write_cases(tmp_path, rows)
     result = run_cli("eval", "grounded", str(cases))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("cases 3  cites the right document 66.67%  cites any 66.67%  refused 33.33%  "
