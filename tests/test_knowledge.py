@@ -1,7 +1,6 @@
 """Knowledge documents, the retrieval index, grounded answers and access levels."""
 
 import json
-from pathlib import Path
 
 import pytest
 
