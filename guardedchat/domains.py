@@ -54,6 +54,31 @@ class Vocabulary(_Strict):
     keep: list[str] = Field(default_factory=list)
     replace: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("keep")
+    @classmethod
+    def _keep_entries_can_match(cls, value: list[str]) -> list[str]:
+        for phrase in value:
+            _check_phrase(phrase)
+        return value
+
+    @field_validator("replace")
+    @classmethod
+    def _replace_entries_can_match(cls, value: dict[str, str]) -> dict[str, str]:
+        for phrase, replacement in value.items():
+            _check_phrase(phrase)
+            if not replacement or re.search(r"\s", replacement):
+                # OpenCC's text dictionaries separate alternatives with a space: "3D 列印" would come out as "3D".
+                raise ValueError(f"「{phrase}」的替換字「{replacement}」是空的或含空白，詞典寫不進去；請改成不含空白的詞")
+        return value
+
+
+def _check_phrase(phrase: str) -> None:
+    # Text is converted between whitespace and punctuation only, so a phrase holding either never matches.
+    from .taiwan import BOUNDARY_CHARS
+
+    if not phrase or any(char in BOUNDARY_CHARS for char in phrase):
+        raise ValueError(f"「{phrase}」是空的或含空白、標點，永遠對不到（文字在空白與標點處切開）；請只寫詞本身")
+
 
 class Generation(_Strict):
     max_tokens: int = Field(default=200, ge=1, le=8192)

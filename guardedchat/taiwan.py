@@ -35,6 +35,8 @@ _BOUNDARY_SET = frozenset(BOUNDARY_CHARS)
 _B = re.escape(BOUNDARY_CHARS)
 _BOUNDARY_SPLIT = re.compile(f"([{_B}]+)")
 _BOUNDARY = re.compile(f"[{_B}]")
+_ASCII_DIGIT = re.compile("[0-9]")
+_ASCII_DIGITS = re.compile("[0-9]+")
 # URLs and paths never cross a boundary character, so matching them in a long text gives the same
 # pieces as matching them run by run (what streaming sees).
 _PATH_PART = rf"(?:[^/\\{_B}]+(?=[/\\])|[A-Za-z0-9_.\-]+)"  # a CJK component needs a separator after it
@@ -98,6 +100,9 @@ class _Converters:
         self.vocab_simplified = _opencc(str(_write_vocab_config(_dictionary_entries(vocabulary, simplified=True),
                                                                 variants=False)))
         self.simplified_only, self.traditional_only, self.ambiguous = _character_classes()
+        # No key of OpenCC's dictionaries contains an ASCII digit (checked in its 1.4.2 sources); when
+        # ours don't either, a digit is never part of a phrase and converts to itself in either mode.
+        self.digits_stand_alone = not any(_ASCII_DIGIT.search(key) for key in _dictionary_entries(vocabulary, True))
 
 
 def _dictionary_entries(vocabulary: Vocabulary, simplified: bool = False) -> dict[str, str]:
@@ -266,6 +271,8 @@ class TaiwanNormalizer:
             end = n if tick == -1 else tick
             if tick == -1 and not final:
                 end = _last_boundary(buffer, i, n)
+                if self._conv.digits_stand_alone:
+                    end = _leading_digits_end(buffer, end, n)
             if end > i:
                 out.append(self._prose(buffer[i:end], state))
                 state.line_start = buffer[end - 1] == "\n"
@@ -402,6 +409,17 @@ def _last_boundary(buffer: str, start: int, end: int) -> int:
         if buffer[index] in _BOUNDARY_SET:
             return index + 1
     return start
+
+
+def _leading_digits_end(buffer: str, start: int, end: int) -> int:
+    """Past the ASCII digits that open the unfinished run at buffer[start:end], all but the last.
+
+    Models write numbers a digit per token ("1405 " is five tokens); waiting for the space after
+    them delayed the first text of many answers. Digits convert to themselves, so they can go out
+    at once; the last one stays, so the text that follows never starts a new piece right after a
+    digit (a path there is only a path when nothing alphanumeric comes before it)."""
+    digits = _ASCII_DIGITS.match(buffer, start, end)
+    return max(start, digits.end() - 1) if digits else start
 
 
 def _backtick_step(buffer: str, i: int, state: _State, final: bool) -> int:

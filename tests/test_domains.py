@@ -52,6 +52,12 @@ BROKEN = [
      "starting with a letter。修正：改成正確型別或範圍的值。"),
     ("id: riscv", "id: other",
      "欄位 'id' 是 'other'，但資料夾名稱是 'riscv'。修正：把 id 改成 'riscv'，或把資料夾改名為 'other'。"),
+    ("  replace: {}", "  replace: {3D列印: 3D 列印}",
+     "欄位 'vocabulary.replace' 的值 dict 不正確：Value error, 「3D列印」的替換字「3D 列印」是空的或含空白，詞典寫不進去；"
+     "請改成不含空白的詞。修正：改成正確型別或範圍的值。"),
+    ("  keep: [暫存器, 記憶體, 中斷, 例外]", "  keep: [暫存器, 記憶體, 中斷, 例外, 程式，設計]",
+     "欄位 'vocabulary.keep' 的值 list 不正確：Value error, 「程式，設計」是空的或含空白、標點，永遠對不到（文字在空白與標點處切開）；"
+     "請只寫詞本身。修正：改成正確型別或範圍的值。"),
     ("title: RISC-V 知識小助手", "title: [unclosed",
      "YAML 語法錯誤（第 3 行第 12 欄：expected ',' or ']', but got ':'）。修正：檢查該行的縮排、冒號與引號。"),
 ]

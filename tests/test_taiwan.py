@@ -70,7 +70,7 @@ def test_streaming_equals_batch_for_fixed_chunk_sizes(chunk):
         assert _stream(normalizer, text, [chunk] * (len(text) // chunk)) == normalizer.convert(text), text
 
 
-ALPHABET = list("软件視頻台灣干擾里长程序窗口的士兵`/:.http s w\n，。 ！？a1項目服務于范支持你菜單")
+ALPHABET = list("软件視頻台灣干擾里长程序窗口的士兵`/:.http s w\n，。 ！？a1項目服務于范支持你菜單0929\\~_-年们間")
 
 
 @settings(max_examples=300, deadline=None)
@@ -83,6 +83,31 @@ def test_streaming_equals_batch_for_random_chunking(data):
     sizes = data.draw(st.lists(st.integers(min_value=1, max_value=8), max_size=len(text)))
     normalizer = normalizer_for()
     assert _stream(normalizer, text, sizes) == normalizer.convert(text)
+
+
+# What a stream shows after each piece: text up to the last whitespace or punctuation, plus the
+# digits that open the run after it, all but the last (a year arrives a digit per token).
+SHOWN_AFTER_EACH_PIECE = [
+    (["1", "4", "0", "5", " ", "年"], ["", "1", "4", "0", "5 ", ""]),
+    (["康熙", "6", "1", "年，"], ["", "", "", "康熙61年，"]),
+    (["，", "1", "8", "7", "4", "年间"], ["，", "", "1", "8", "7", ""]),
+    (["RV", "3", "2", "I"], ["", "", "", ""]),
+    (["18", "74/软件", "/x "], ["1", "87", "4/軟體/x "]),  # after a digit, "/软件/x" is not a path
+    (["`", "1", "2", "3", "`"], ["", "", "", "", "`123`"]),
+]
+
+
+@pytest.mark.parametrize("pieces,shown", SHOWN_AFTER_EACH_PIECE)
+def test_what_a_stream_shows_after_each_piece(pieces, shown):
+    stream = normalizer_for().stream()
+    assert [stream.push(piece) for piece in pieces] == shown
+    assert "".join(shown) + stream.flush() == to_taiwan("".join(pieces))
+
+
+def test_digits_wait_for_the_run_when_the_vocabulary_has_a_key_with_a_digit():
+    stream = TaiwanNormalizer(Vocabulary.of(replace={"3D列印": "3D印表"})).stream()
+    assert [stream.push(piece) for piece in ["3", "3", "D列印"]] == ["", "", ""]
+    assert stream.flush() == "33D印表"
 
 
 @pytest.mark.parametrize("text", [
