@@ -9,14 +9,11 @@ system messages and sampling parameters are ignored. Errors use OpenAI's error f
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from contextlib import closing
-from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
@@ -25,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .api_keys import ApiKey, ApiKeys
 from .errors import BackendError, GuardedChatError, ModelLoadError
+from .handoff import events_in_thread
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .ui import ChatService, RateLimiter, client_address
 
@@ -250,7 +248,7 @@ async def _stream(pipeline, message, history, access, model: str, include_usage:
     shown = False
     yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
     try:
-        async for event in _events_in_thread(pipeline, message, history, access, cancel):
+        async for event in events_in_thread(pipeline, message, history, access, cancel):
             if isinstance(event, (TextEvent, RefusalEvent)):
                 # A stream cannot take back what it sent: a refusal after text arrives as more text.
                 text = ("\n\n" if shown and isinstance(event, RefusalEvent) else "") + event.text
@@ -271,70 +269,6 @@ async def _stream(pipeline, message, history, access, model: str, include_usage:
     finally:
         cancel.set()
     yield "data: [DONE]\n\n"
-
-
-_DONE = object()
-
-
-async def _events_in_thread(pipeline, message, history, access, cancel: threading.Event) -> AsyncIterator:
-    """The turn's events, produced by the whole turn running in one worker thread.
-
-    Generation never waits for the event loop: asking a worker for one event at a time stopped
-    llama.cpp after every token until that token had been sent. Text that piled up while the loop
-    was busy is merged into one event (one SSE chunk instead of several)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def put(item) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the server shut down while the turn was still generating
-            cancel.set()
-
-    def produce() -> None:
-        try:
-            with closing(pipeline.run(message, history, cancel, access)) as events:
-                for event in events:
-                    put(event)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which reports it
-            put(_Failed(exc))
-        finally:
-            put(_DONE)
-
-    worker = asyncio.ensure_future(run_in_threadpool(produce))
-    _running.add(worker)  # the loop keeps only weak references to tasks
-    worker.add_done_callback(_running.discard)
-    waiting = None
-    try:
-        while (item := waiting or await queue.get()) is not _DONE:
-            waiting = None
-            if isinstance(item, _Failed):
-                raise item.error
-            if isinstance(item, TextEvent):
-                item, waiting = _merge_waiting_text(item, queue)
-            yield item
-    finally:
-        cancel.set()  # a reader that went away stops generation at the next piece
-
-
-def _merge_waiting_text(event: TextEvent, queue: asyncio.Queue) -> tuple[TextEvent, object]:
-    """The text of this event and of the text events already queued behind it, and the first queued
-    item that is not text (or None)."""
-    text = event.text
-    while not queue.empty():
-        item = queue.get_nowait()
-        if not isinstance(item, TextEvent):
-            return TextEvent(text), item
-        text += item.text
-    return TextEvent(text), None
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-_running: set = set()
 
 
 def _sse(payload: dict) -> str:

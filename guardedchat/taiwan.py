@@ -7,8 +7,9 @@ How it avoids plain OpenCC's damage:
   override list (data/taiwan_vocab.yaml) and the domain's own keep/replace lists, loaded as an OpenCC
   text dictionary in front of it, so 法律程序, 服務窗口, 電視頻道 match as longer phrases and stay.
 - Code (fenced and inline), URLs and file paths pass through untouched.
-- Text is cut only at whitespace and punctuation (no dictionary key contains either), which is why
-  the streaming output equals the batch output for any chunking.
+- Text is cut only at whitespace and punctuation (no dictionary key contains either), and before
+  its first text a stream also lets out the digits that open a run (no key contains an ASCII digit
+  either), which is why the streaming output equals the batch output for any chunking.
 """
 
 from __future__ import annotations
@@ -255,8 +256,9 @@ class TaiwanNormalizer:
     def stream(self) -> "TaiwanStream":
         return TaiwanStream(self)
 
-    def _process(self, buffer: str, state: _State, final: bool) -> tuple[str, int]:
-        """Convert as much of buffer as can be decided now; return (output, characters consumed)."""
+    def _process(self, buffer: str, state: _State, final: bool, eager_digits: bool = False) -> tuple[str, int]:
+        """Convert as much of buffer as can be decided now; return (output, characters consumed).
+        eager_digits: also let out the digits that open the unfinished run (see _leading_digits_end)."""
         out: list[str] = []
         i, n = 0, len(buffer)
         while i < n:
@@ -271,7 +273,7 @@ class TaiwanNormalizer:
             end = n if tick == -1 else tick
             if tick == -1 and not final:
                 end = _last_boundary(buffer, i, n)
-                if self._conv.digits_stand_alone:
+                if eager_digits and self._conv.digits_stand_alone:
                     end = _leading_digits_end(buffer, end, n)
             if end > i:
                 out.append(self._prose(buffer[i:end], state))
@@ -415,9 +417,9 @@ def _leading_digits_end(buffer: str, start: int, end: int) -> int:
     """Past the ASCII digits that open the unfinished run at buffer[start:end], all but the last.
 
     Models write numbers a digit per token ("1405 " is five tokens); waiting for the space after
-    them delayed the first text of many answers. Digits convert to themselves, so they can go out
-    at once; the last one stays, so the text that follows never starts a new piece right after a
-    digit (a path there is only a path when nothing alphanumeric comes before it)."""
+    one delayed the first text of many answers by 50-100 ms. Digits convert to themselves, so they
+    can go out at once; the last one stays, so the text that follows never starts a new piece right
+    after a digit (a path there is only a path when nothing alphanumeric comes before it)."""
     digits = _ASCII_DIGITS.match(buffer, start, end)
     return max(start, digits.end() - 1) if digits else start
 
@@ -481,6 +483,7 @@ class TaiwanStream:
         self.normalizer = normalizer
         self.buffer = ""
         self.state = _State()
+        self.shown = False
 
     @property
     def held(self) -> int:
@@ -489,8 +492,12 @@ class TaiwanStream:
 
     def push(self, text: str) -> str:
         self.buffer += _clean(text)
-        out, consumed = self.normalizer._process(self.buffer, self.state, final=False)
+        # Digits go out early only until the first text is shown: that is when waiting for the end of
+        # a number is felt. Once text flows, each early digit would be one more piece (a wake-up of
+        # every reader and a guard check) for nothing anyone notices.
+        out, consumed = self.normalizer._process(self.buffer, self.state, final=False, eager_digits=not self.shown)
         self.buffer = self.buffer[consumed:]
+        self.shown = self.shown or bool(out)
         return out
 
     def flush(self) -> str:

@@ -21,6 +21,7 @@ from .domains import load_all
 from .errors import GuardedChatError
 from .feedback import FeedbackStore
 from .grounding import sources_line
+from .handoff import events_in_thread
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .runtime import BackendSettings, build_pipeline, get_backend
 from .settings import PageSettings, load_settings
@@ -213,7 +214,7 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 panel = gr.Markdown("**閘門分數**：—\n\n**觸發的防護**：—")
                 status = gr.Markdown("")
 
-        def respond(question, history, domain_id, request: gr.Request = None):
+        async def respond(question, history, domain_id, request: gr.Request = None):
             history = list(history or [])
             question = str(question or "")
             history.append({"role": "user", "content": question})
@@ -224,10 +225,11 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 return
             history.append({"role": "assistant", "content": ""})
             user = getattr(request, "username", None) if request is not None else None
-            events = service.pipeline(domain_id).run(question, _plain_history(history[:-2]),
-                                                     access=service.page.access_for(user))
+            cancel = threading.Event()
+            events = events_in_thread(service.pipeline(domain_id), question, _plain_history(history[:-2]),
+                                      service.page.access_for(user), cancel)
             try:
-                for event in events:
+                async for event in events:
                     if isinstance(event, TextEvent):
                         history[-1] = {"role": "assistant", "content": _text(history[-1]["content"]) + event.text}
                         yield history, gr.update(), {}
@@ -245,7 +247,7 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 history[-1] = {"role": "assistant", "content": _refusal("發生錯誤", str(exc))}
                 yield history, gr.update(), {}
             finally:
-                events.close()  # Stop closes this generator; closing the pipeline stops llama.cpp
+                cancel.set()  # Stop cancels this generator; the turn's thread then stops llama.cpp
 
         def clear_box():
             return ""
@@ -262,7 +264,7 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 history.pop()
             return history
 
-        def retry_last(history, domain_id, request: gr.Request = None):
+        async def retry_last(history, domain_id, request: gr.Request = None):
             history = list(history or [])
             question = ""
             while history:
@@ -273,7 +275,8 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
             if not question:
                 yield history, gr.update(), {}
                 return
-            yield from respond(question, history, domain_id, request)
+            async for update in respond(question, history, domain_id, request):
+                yield update
 
         def rate(data: gr.LikeData, history, state, note):
             return _store(service, state, "up" if data.liked else "down", history, note), ""

@@ -85,14 +85,16 @@ def test_streaming_equals_batch_for_random_chunking(data):
     assert _stream(normalizer, text, sizes) == normalizer.convert(text)
 
 
-# What a stream shows after each piece: text up to the last whitespace or punctuation, plus the
-# digits that open the run after it, all but the last (a year arrives a digit per token).
+# What a stream shows after each piece: text up to the last whitespace or punctuation; before its
+# first text, also the digits that open the run after it, all but the last (a year arrives a digit
+# per token, and the answer's first text should not wait for all of it).
 SHOWN_AFTER_EACH_PIECE = [
-    (["1", "4", "0", "5", " ", "年"], ["", "1", "4", "0", "5 ", ""]),
+    (["1", "4", "0", "5", " ", "年"], ["", "1", "", "", "405 ", ""]),
+    (["1", "8", "7", "4", "年间"], ["", "1", "", "", ""]),
+    (["，", "1", "8", "7", "4"], ["，", "", "", "", ""]),
     (["康熙", "6", "1", "年，"], ["", "", "", "康熙61年，"]),
-    (["，", "1", "8", "7", "4", "年间"], ["，", "", "1", "8", "7", ""]),
     (["RV", "3", "2", "I"], ["", "", "", ""]),
-    (["18", "74/软件", "/x "], ["1", "87", "4/軟體/x "]),  # after a digit, "/软件/x" is not a path
+    (["18", "74/软件", "/x "], ["1", "", "874/軟體/x "]),  # after a digit, "/软件/x" is not a path
     (["`", "1", "2", "3", "`"], ["", "", "", "", "`123`"]),
 ]
 
