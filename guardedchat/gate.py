@@ -23,14 +23,12 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import pickle
 import re
 import threading
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
-from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
