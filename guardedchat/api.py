@@ -78,7 +78,7 @@ def create_api(service: ChatService, keys: Optional[ApiKeys] = None) -> FastAPI:
         body = await _read_json(request)
         domain_id, history, message, stream, usage = _parse(body, service)
         access = key.access if key else service.page.access_for(None)
-        pipeline = service.pipeline(domain_id)
+        pipeline = await run_in_threadpool(service.pipeline, domain_id)  # the first builds it: not on the loop
         if stream:
             chunks = _stream(pipeline, message, history, access, body["model"], usage)
             return StreamingResponse(chunks, media_type="text/event-stream",

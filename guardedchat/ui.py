@@ -6,6 +6,7 @@ gates and rails load on the first question.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import os
@@ -226,7 +227,9 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
             history.append({"role": "assistant", "content": ""})
             user = getattr(request, "username", None) if request is not None else None
             cancel = threading.Event()
-            events = events_in_thread(service.pipeline(domain_id), question, _plain_history(history[:-2]),
+            # The first turn of a domain builds its pipeline (and may unpack the model): not on the loop.
+            pipeline = await asyncio.to_thread(service.pipeline, domain_id)
+            events = events_in_thread(pipeline, question, _plain_history(history[:-2]),
                                       service.page.access_for(user), cancel)
             try:
                 async for event in events:
