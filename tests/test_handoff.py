@@ -106,3 +106,14 @@ def test_a_reader_that_leaves_stops_generation():
     assert backend.stopped.wait(5)
     written = backend.written
     assert written < 50 and backend.written == written
+
+
+def test_our_model_streams_to_nemo_through_the_same_hand_off():
+    from guardedchat.pipeline import sampling
+    from guardedchat.rails import BackendLLM
+
+    async def read() -> list:
+        return [chunk.delta_content async for chunk in BackendLLM(ScriptedBackend(["甲乙丙"]), sampling(MINGQING))
+                .stream_async("問題")]
+
+    assert "".join(asyncio.run(read())) == "甲乙丙"

@@ -175,18 +175,9 @@ class BackendLLM:
     async def stream_async(self, prompt, *, stop=None, **kwargs) -> AsyncIterator:
         from nemoguardrails.types import LLMResponseChunk
 
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        done = object()
+        from ..handoff import batches_in_thread
 
-        def produce():
-            try:
-                for piece in self.backend.stream(self._prompt(prompt, stop), self.sampling):
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        task = loop.run_in_executor(None, produce)
-        while (piece := await queue.get()) is not done:
-            yield LLMResponseChunk(delta_content=piece, model=self.model_name)
-        await task
+        cancel = threading.Event()
+        pieces = batches_in_thread(lambda: self.backend.stream(self._prompt(prompt, stop), self.sampling, cancel), cancel)
+        async for batch in pieces:
+            yield LLMResponseChunk(delta_content="".join(batch), model=self.model_name)
