@@ -300,8 +300,11 @@ def main() -> int:
     parser.add_argument("--overhead-only", action="store_true", help="only the direct-vs-API comparisons")
     args = parser.parse_args()
     os.environ["GUARDEDCHAT_N_THREADS"] = str(args.threads)
+    from guardedchat.api import server_stack
+
+    # Both our server and llama_cpp.server run on uvicorn, which picks the same parser and loop for each.
     result: dict = {"benchmark": "api", "model": "gemma3-270m (default)", "cpu_count": os.cpu_count(),
-                    "llama_threads": args.threads}
+                    "llama_threads": args.threads, "server_stack": server_stack()}
     processes = []
     try:
         # 1. llama.cpp in process: raw llama-cpp-python vs the API over the in-process backend.
