@@ -291,7 +291,8 @@ def server_stack() -> dict:
     """uvicorn's HTTP parser and event loop: httptools and uvloop (C; dependencies of GuardedChat,
     uvloop except on Windows), else h11 and asyncio (pure Python). With llama.cpp in this process,
     the work of sending each piece competes with generation for the cores: in paired runs on 2
-    cores, API streaming read 91% of direct llama.cpp with h11 + asyncio and 100% with the C pair."""
+    cores (bench/server_stack_bench.py), API streaming read 86–96% of direct llama.cpp with h11 +
+    asyncio and 95–100% with the C pair."""
     return {"http": "httptools" if _importable("httptools") else "h11",
             "loop": "uvloop" if _importable("uvloop") else "asyncio"}
 

@@ -57,7 +57,7 @@ class Served:
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_server(self.service, keys if keys is not None else ApiKeys())
         self.server = _Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                   **server_stack()))
+                                             **server_stack()))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30
