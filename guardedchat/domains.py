@@ -101,6 +101,9 @@ class Domain(_Strict):
     examples: Examples
     fewshot: list[FewShot] = Field(default_factory=list)
     lexicon: dict[str, list[str]] = Field(default_factory=dict)
+    # Groups of names or words that mean the same here (國姓爺 ↔ 鄭成功, supervisor mode ↔ S 模式):
+    # answer extraction matches any form of a group; guardedchat/data/aliases.yaml holds the general ones.
+    aliases: list[list[str]] = Field(default_factory=list)
     banned_words: list[str] = Field(default_factory=list)
     facts: list[str] = Field(default_factory=list)
     vocabulary: Vocabulary = Field(default_factory=Vocabulary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -200,3 +201,123 @@ def _percentile(values: list[float], q: float):
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+_SENTENCE_BREAK = re.compile(r"[。！？!?\n]")
+
+
+def first_sentence(answer: str) -> str:
+    """The first sentence a reader sees: up to the first 。！？ or line break."""
+    return next((part.strip() for part in _SENTENCE_BREAK.split(answer) if part.strip()), "")
+
+
+def holds_any(text: str, needles) -> bool:
+    """Whether the text holds one of the strings, compared in the normalized form (script, width, case)."""
+    from .knowledge import normalize_text
+
+    normalized = normalize_text(text)
+    return any(needle in text or normalize_text(needle) in normalized for needle in needles if needle)
+
+
+def evaluate_answers(path: Path, turn_for, baseline_for=None) -> dict:
+    """Whole turns scored on what the user sees: does an answerable question's answer hold the fact
+    (anywhere, and in its first sentence), and does an unanswerable one say the documents don't answer?
+    turn_for(domain_id) returns (question, history) → TurnRecord; baseline_for likewise, for the
+    answer stage measured against ours (cases our gate refuses count as refused for both)."""
+    results = []
+    for case in read_cases(path, ("id", "domain", "question", "answerable")):
+        history = case.get("history") if isinstance(case.get("history"), list) else []
+        started = time.perf_counter()
+        record = turn_for(case["domain"])(case["question"], history)
+        row = _answer_row(case, record)
+        row["ms"] = round((time.perf_counter() - started) * 1000, 2)
+        row["after_gate_ms"] = round(record.timings.get("total_ms", 0) - record.timings.get("checks_ms", 0), 2)
+        if baseline_for is not None:
+            base = record if record.refused else baseline_for(case["domain"])(case["question"], history)
+            row["baseline"] = {key: _answer_row(case, base)[key] for key in ("got", "correct", "first_sentence_ok")}
+            row["baseline"]["answer"] = base.answer
+        results.append(row)
+    return {"summary": _answers_summary(results, baseline_for is not None), "cases": results}
+
+
+def _answer_row(case: dict, record) -> dict:
+    from .question import question_type
+
+    expect = "answer" if case["answerable"] else "abstain"
+    got = "refuse" if record.refused else "abstain" if getattr(record, "abstained", False) else "answer"
+    needles = case.get("any_of") or []
+    holds = got == "answer" and holds_any(record.answer, needles)
+    first_ok = got == "answer" and holds_any(first_sentence(record.answer), needles)
+    return {"id": case["id"], "domain": case["domain"], "qtype": case.get("qtype") or question_type(case["question"]),
+            "question": case["question"], "expect": expect, "got": got,
+            "correct": holds if expect == "answer" else got == "abstain",
+            "first_sentence_ok": first_ok if expect == "answer" else None,
+            "answer": record.answer, "reason": record.reason}
+
+
+def _answers_summary(results: list[dict], with_baseline: bool) -> dict:
+    def stats(rows, pick=lambda r: r):
+        answerable = [pick(r) for r in rows if r["expect"] == "answer"]
+        unanswerable = [pick(r) for r in rows if r["expect"] == "abstain"]
+        return {"cases": len(rows), "answerable": len(answerable), "unanswerable": len(unanswerable),
+                "fact_in_answer": _rate(answerable, lambda r: r["correct"]),
+                "fact_in_first_sentence": _rate(answerable, lambda r: r["first_sentence_ok"]),
+                "abstained_when_unanswerable": _rate(unanswerable, lambda r: r["correct"]),
+                "refused": _rate([pick(r) for r in rows], lambda r: r["got"] == "refuse"),
+                "correct": _rate([pick(r) for r in rows], lambda r: r["correct"])}
+
+    summary = {**stats(results), "by_qtype": {name: stats(rows) for name, rows in _group(results, "qtype").items()},
+               "domains": {name: stats(rows) for name, rows in _group(results, "domain").items()}}
+    after_gate = [r["after_gate_ms"] for r in results if r["got"] != "refuse"]
+    summary["after_gate_ms"] = {"p50": _percentile(after_gate, 50), "p99": _percentile(after_gate, 99)}
+    if with_baseline:
+        pick = lambda r: {**r, **r["baseline"]}  # noqa: E731 - the baseline's fields over the case's
+        summary["baseline"] = {**stats(results, pick),
+                               "by_qtype": {name: stats(rows, pick) for name, rows in _group(results, "qtype").items()}}
+    return summary
+
+
+class LegacyQuoteBaseline:
+    """The answer stage answers are measured against: the quote mode as it was before answer
+    extraction (the best passage of each of the 3 best documents that name the question's lexicon
+    names; the first passage whole, the runner-up's best-matching sentence; no abstention unless
+    nothing matched at all)."""
+
+    def __init__(self, domain):
+        from .knowledge import index_for, normalize_text
+
+        self.domain = domain
+        self.index = index_for(domain.knowledge_dir)
+        self.entities = sorted({normalize_text(n) for names in domain.lexicon.values() for n in names if n},
+                               key=len, reverse=True)
+
+    def __call__(self, question: str, history):
+        from types import SimpleNamespace
+
+        from .answering import _match_forms
+        from .grounding import not_found_answer
+        from .knowledge import MIN_SCORE, normalize_text
+
+        text = normalize_text(question)
+        named = sorted({form for name in self.entities if name in text for form in _match_forms(name)
+                        if self.index.document_frequency(form) <= 0.3})
+        hits = self.index.search(question, "public", 3, history, min_score=MIN_SCORE, mentioning=named)
+        if not hits:
+            return SimpleNamespace(refused=False, abstained=True, answer=not_found_answer(self.domain), reason="no_sources")
+        quotes = [f"「{hits[0].text}」[1]"]
+        if len(hits) > 1 and hits[1].score >= 0.7 * hits[0].score:
+            quotes.append(f"「{_legacy_best_sentence(question, hits[1].text)}」[2]")
+        answer = "以下是資料庫中最相關段落的原文（未經模型改寫）：\n\n" + "\n\n".join(quotes)
+        return SimpleNamespace(refused=False, abstained=False, answer=answer, reason="quoted")
+
+
+def _legacy_best_sentence(question: str, text: str) -> str:
+    from .knowledge import normalize_text, split_sentences
+
+    def bigrams(value):
+        value = normalize_text(value)
+        return {value[i:i + 2] for i in range(len(value) - 1)}
+
+    sentences = [s.strip() for s in split_sentences(text) if s.strip()]
+    asked = bigrams(question)
+    return max(sentences, key=lambda s: (len(asked & bigrams(s)), -sentences.index(s))) if sentences else text

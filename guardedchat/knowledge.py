@@ -232,6 +232,16 @@ class KnowledgeIndex:
             scores[[doc not in named for doc in self.docs]] = -1.0
         return self._best_per_document(scores, k, min_score)
 
+    def scores_at(self, query: str, level: str = "public", history: Sequence[dict] = ()) -> np.ndarray:
+        """Every passage's similarity to the query (with the conversation before it); 0 for
+        passages above the level and for an empty index."""
+        rank = access_rank(level)
+        if not self.texts:
+            return np.zeros(0, dtype=np.float32)
+        scores = self._scores(query, history)
+        scores[self.access > rank] = 0.0
+        return np.maximum(scores, 0.0)
+
     def documents_naming(self, name: str) -> frozenset:
         """The documents whose text contains the (normalized) string; remembered, names recur."""
         naming = self.__dict__.setdefault("_naming", {})  # a memo, not part of the cached index

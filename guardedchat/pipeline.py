@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 from .backend import ChatBackend, CompletionPrompt, SamplingSettings
 from .domains import Domain
-from .grounding import not_found_answer, quote_answer, sources_of
+from .grounding import Grounding, abstain_answer, not_found_answer, quote_answer, sources_of
 from .prompt import Passage, build_prompt
 from .rails.checks import OutputBlocked
 
@@ -42,6 +42,7 @@ class TurnRecord:
     gate: dict = field(default_factory=lambda: {"decision": None, "score": None})
     model: Optional[str] = None
     model_called: bool = False
+    abstained: bool = False  # in scope, but the documents do not answer it, and the answer says so
     stopped: bool = False
     tokens: dict = field(default_factory=lambda: {"prompt": 0, "completion": 0})
     timings: dict = field(default_factory=dict)
@@ -98,7 +99,7 @@ class Pipeline:
                  input_checks: Sequence[InputCheck] = (check_not_empty,),
                  stream_stages: Sequence[Callable[[], StreamStage]] = (),
                  output_check: Optional[Callable[[str, str], Optional[Verdict]]] = None,
-                 retrieve: Optional[Callable[..., Optional[list[Passage]]]] = None,
+                 retrieve: Optional[Callable[..., Optional[Grounding]]] = None,
                  answer_mode: str = "auto",
                  on_record: Sequence[Callable[["TurnRecord", str], None]] = ()):
         self.domain = domain
@@ -136,15 +137,23 @@ class Pipeline:
             yield TextEvent(verdict.canned)
             yield FinalEvent(record)
             return
-        passages = self.retrieve(self.domain, history, message, access) if self.retrieve else None
+        grounding = self.retrieve(self.domain, history, message, access) if self.retrieve else None
         record.timings["retrieval_ms"] = round(_ms_since(started) - record.timings["checks_ms"], 2)
-        if passages is not None and not passages:
-            yield from self._answer_without_model(message, not_found_answer(self.domain), "no_sources", [], record, started)
-        elif passages and self._quotes(self.backend.info()):
-            yield from self._answer_without_model(message, quote_answer(message, passages), "quoted", passages, record,
-                                                  started)
+        if grounding is not None and not grounding.passages:
+            yield from self._answer_without_model(message, not_found_answer(self.domain), "no_sources", [],
+                                                  record, started, abstained=True)
+        elif grounding is not None and self._quotes(self.backend.info()):
+            yield from self._quote(message, grounding, record, started)
         else:
-            yield from self._generate(message, history, cancel, record, started, passages or [])
+            yield from self._generate(message, history, cancel, record, started, grounding.passages if grounding else [])
+
+    def _quote(self, message: str, grounding: Grounding, record: TurnRecord, started: float) -> Iterator[Event]:
+        if grounding.abstained:
+            text = abstain_answer(self.domain, grounding)
+            yield from self._answer_without_model(message, text, "abstained", [], record, started, abstained=True)
+        else:
+            yield from self._answer_without_model(message, quote_answer(grounding), "quoted", grounding.passages,
+                                                  record, started)
 
     def _quotes(self, info) -> bool:
         # A base model without a chat template invents facts even with passages in its prompt:
@@ -152,7 +161,7 @@ class Pipeline:
         return self.answer_mode == "quote" or (self.answer_mode == "auto" and not info.has_chat_template)
 
     def _answer_without_model(self, message: str, text: str, reason: str, passages, record: TurnRecord,
-                              started: float) -> Iterator[Event]:
+                              started: float, abstained: bool = False) -> Iterator[Event]:
         """Our own text (a quote or "not found"), through the same stream stages as model text."""
         stages = [make() for make in self.stream_stages]
         try:
@@ -164,8 +173,8 @@ class Pipeline:
         if verdict is not None and not verdict.allow:
             yield from self._refuse(verdict, record, started)
             return
-        record.answer, record.reason = shown.strip(), reason
-        record.sources = sources_of(passages, record.answer)
+        record.answer, record.reason, record.abstained = shown.strip(), reason, abstained
+        record.sources = [s for s in sources_of(passages, record.answer) if s["cited"]]
         record.timings["total_ms"] = _ms_since(started)
         yield TextEvent(shown)
         yield FinalEvent(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
@@ -16,6 +17,10 @@ from .errors import InputError
 # Chat templates add a few tokens of markup per message; this keeps the estimate on the safe side.
 MESSAGE_OVERHEAD_TOKENS = 8
 SAFETY_MARGIN_TOKENS = 32
+# Turn markup of the common chat templates (ChatML and Llama 3 <|...|>, Gemma, Llama 2 / Mistral).
+# llama.cpp tokenizes the rendered template with special tokens on, so this text inside a message
+# would become real turn boundaries: a user (or a document) could open a new system turn.
+CHAT_MARKUP = re.compile(r"<\|[^<>|\s]{1,40}\|>|</?(?:start_of_turn|end_of_turn|s|bos|eos)>|\[/?INST\]|<</?SYS>>")
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class Passage:
     text: str
     doc: str = ""       # the document's file name, shown with the citation
     score: float = 0.0  # retrieval similarity, for choosing what to quote
+    works: tuple[str, ...] = ()  # the works the document cites (《明史》…), shown in source lines
+    row: int = -1  # the passage's row in the knowledge index
 
 
 @lru_cache(maxsize=None)
@@ -70,7 +77,11 @@ def _chat_prompt(domain, turns, message, passages, count_tokens, budget) -> Chat
     for question, answer in kept:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     messages.append({"role": "user", "content": message})
-    return ChatPrompt(messages)
+    return ChatPrompt([{"role": m["role"], "content": _without_markup(m["content"])} for m in messages])
+
+
+def _without_markup(text: str) -> str:
+    return CHAT_MARKUP.sub("", text)
 
 
 def _completion_prompt(domain, turns, message, passages, count_tokens, budget) -> CompletionPrompt:

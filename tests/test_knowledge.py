@@ -7,7 +7,7 @@ import pytest
 from guardedchat import knowledge
 from guardedchat.domains import load_domain
 from guardedchat.errors import InputError
-from guardedchat.grounding import QUOTE_HEADING, Retriever, quote_answer, sources_of
+from guardedchat.grounding import QUOTE_HEADING, Retriever, sources_line, sources_of
 from guardedchat.knowledge import Document, build_index, index_for, load_documents, passages_of, read_document
 from guardedchat.pipeline import FinalEvent, Pipeline, TextEvent
 from guardedchat.prompt import Passage
@@ -123,24 +123,24 @@ def test_index_is_cached_and_picks_up_added_documents(tmp_path, monkeypatch):
 ])
 def test_retriever_finds_the_document_or_nothing(question, docs):
     domain = load_domain(ROOT / "domains/mingqing")
-    passages = Retriever(domain)(domain, [], question)
+    passages = Retriever(domain)(domain, [], question).passages
     assert (passages[0].doc if passages else None) == docs
 
 
 def test_retriever_uses_the_previous_question_for_follow_ups():
     domain = load_domain(ROOT / "domains/mingqing")
     history = [{"role": "user", "content": "施琅是誰？"}, {"role": "assistant", "content": "清朝水師提督。"}]
-    assert Retriever(domain)(domain, history, "他為什麼投降清朝？")[0].doc == "shi-lang"
+    assert Retriever(domain)(domain, history, "他為什麼投降清朝？").passages[0].doc == "shi-lang"
 
 
-def test_quote_answer_is_verbatim_and_cited():
-    passages = [Passage(1, "甲", "第一句。第二句。", "a", 0.5), Passage(2, "乙", "無關。鄭和下西洋。", "b", 0.4),
-                Passage(3, "丙", "不引用。", "c", 0.1)]
-    assert quote_answer("鄭和下西洋幾次？", passages) == \
-        QUOTE_HEADING + "\n\n「第一句。第二句。」[1]\n\n「鄭和下西洋。」[2]"
-    assert sources_of(passages, "…[1]…[2]") == [
-        {"number": 1, "doc": "a", "title": "甲", "cited": True}, {"number": 2, "doc": "b", "title": "乙", "cited": True},
-        {"number": 3, "doc": "c", "title": "丙", "cited": False}]
+def test_sources_carry_the_works_each_document_cites():
+    passages = [Passage(1, "甲", "第一句。", "a", 0.5, ("《明史》", "《國榷》")), Passage(2, "乙", "無關。", "b", 0.4)]
+    assert sources_of(passages, "…[1]…") == [
+        {"number": 1, "doc": "a", "title": "甲", "works": ["《明史》", "《國榷》"], "cited": True},
+        {"number": 2, "doc": "b", "title": "乙", "works": [], "cited": False}]
+    assert sources_line(sources_of(passages, "…[1]…")) == "來源：[1] 甲（《明史》、《國榷》）"
+    assert sources_line(sources_of(passages, "…[1]…"), with_doc=True) == "來源：[1] 甲（a、《明史》、《國榷》）"
+    assert sources_line(sources_of(passages, "")) == "參考資料：[1] 甲（《明史》、《國榷》）；[2] 乙"
 
 
 def run_turn(pipeline, message, access="public"):
@@ -156,8 +156,9 @@ def test_base_model_answers_by_quoting_without_calling_the_model(scripted):
     backend = scripted(["不該出現"], chat_template=False)
     text, record = run_turn(Pipeline(domain, backend, retrieve=Retriever(domain)), "台灣第一任巡撫是誰？")
     assert backend.prompts == [] and not record.model_called and record.reason == "quoted"
-    assert text.startswith(QUOTE_HEADING) and "首任台灣巡撫" in text and text.endswith("[1]")
-    assert record.sources[0] == {"number": 1, "doc": "liu-mingchuan", "title": "劉銘傳", "cited": True}
+    assert text.startswith(QUOTE_HEADING + "〈劉銘傳〉：「") and "首任台灣巡撫" in text and text.endswith("[1]")
+    assert record.sources == [{"number": 1, "doc": "liu-mingchuan", "title": "劉銘傳", "works": ["《清史稿·劉銘傳傳》", "《劉壯肅公奏議》", "連橫《臺灣通史》"], "cited": True}]
+    assert not record.abstained
 
 
 def test_chat_model_gets_the_passages_and_its_citations_are_marked(scripted):
@@ -175,7 +176,7 @@ def test_nothing_relevant_says_so_without_the_model(scripted):
     domain = load_domain(ROOT / "domains/mingqing")
     backend = scripted(["編造的答案"], chat_template=True)
     text, record = run_turn(Pipeline(domain, backend, retrieve=Retriever(domain)), "唐寅的畫有什麼特色？")
-    assert backend.prompts == [] and record.reason == "no_sources" and record.sources == []
+    assert backend.prompts == [] and record.reason == "no_sources" and record.sources == [] and record.abstained
     assert text == ("抱歉，我在「明清人物研究助理」的資料中找不到和這個問題相關的內容。為了不提供錯誤的資訊，這題先不回答。"
                     "可以換個問法，或問資料中收錄的人物與主題。")
 
