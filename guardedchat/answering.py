@@ -363,6 +363,8 @@ def _coverage(answer_index: AnswerIndex, question: Question, sentence: Sentence)
 def _best_answer(answer_index: AnswerIndex, question: Question, scored: list[Scored]) -> list[int]:
     """The best sentence covering the predicate (and its neighbour when the evidence the type
     needs, or the sense, continues there); [] when none covers enough."""
+    if _unknown_identifier(answer_index, question):
+        return []
     for candidate in scored:
         if candidate.coverage < MIN_COVERAGE or not candidate.anchored:
             continue
@@ -374,6 +376,16 @@ def _best_answer(answer_index: AnswerIndex, question: Question, scored: list[Sco
             sentences = sorted([candidate.sentence, neighbour])
         return _with_short_follower(answer_index, sentences)
     return []
+
+
+def _unknown_identifier(answer_index: AnswerIndex, question: Question) -> Optional[str]:
+    """A technical term the question asks about that no document uses in any form (XiangShan,
+    tape-out, CEO): the documents cannot be answering it."""
+    for term in question.terms:
+        if term.text.isascii() and len(term.text) >= 3 and not term.docs \
+                and not any(contains(answer_index.corpus, form) for form in term.forms):
+            return term.text
+    return None
 
 
 def _neighbour_with_evidence(answer_index: AnswerIndex, question: Question, i: int) -> Optional[int]:

@@ -22,6 +22,9 @@ _CITATION = re.compile(r"\[(\d+)\]")
 
 NOT_FOUND = ("抱歉，我在「{title}」的資料中找不到和這個問題相關的內容。為了不提供錯誤的資訊，這題先不回答。"
              "可以換個問法，或問資料中收錄的人物與主題。")
+NO_DOCUMENTS = ("抱歉，「{title}」還沒有可以引用的資料文件，這題無法回答。"
+                "（管理者：把 Markdown 文件放進這個領域的 knowledge 資料夾，格式見 README「知識文件與引用」；"
+                "或改用有對話模板的模型。）")
 ABSTAIN = "抱歉，「{title}」收錄的資料沒有回答這個問題。為了不提供錯誤的資訊，這題先不回答。"
 RELATED_HEADING = "相關閱讀（僅供參考，不是這題的答案）："
 QUOTE_HEADING = "摘自資料"  # 摘自資料〈于謙〉：「…」[1]: the quote is the first sentence the user reads
@@ -36,6 +39,7 @@ class Grounding:
     passages: list[Passage]
     extraction: Optional[Extraction] = None
     answers: Optional[AnswerIndex] = None  # the sentences the extraction points into
+    documents: bool = True  # False: the domain's knowledge folder has no readable document
 
     @property
     def abstained(self) -> bool:
@@ -43,8 +47,9 @@ class Grounding:
 
 
 class Retriever:
-    """The pipeline's `retrieve` stage for one domain: None when the domain has no documents
-    (the model answers ungrounded, as before), else the turn's Grounding."""
+    """The pipeline's `retrieve` stage for one domain: the turn's Grounding (with documents=False
+    when the domain has no documents: a model with a chat template answers ungrounded, a quoting
+    model says there is nothing to quote)."""
 
     def __init__(self, domain: Domain):
         self.domain = domain
@@ -70,7 +75,7 @@ class Retriever:
                  access: str = "public") -> Optional[Grounding]:
         index = self.index
         if not index.texts:
-            return None
+            return Grounding([], documents=False)
         answers = self.answer_index(index)
         message = message[:2000]
         # The question's words in their other forms too (stack pointer → sp, 堆疊指標): documents
@@ -105,6 +110,10 @@ def _passage_rows(answers: AnswerIndex, extraction: Extraction) -> list[int]:
 def _numbered(index: KnowledgeIndex, rows: Sequence[int]) -> list[Passage]:
     return [Passage(number, index.titles[row], index.texts[row], index.docs[row], 0.0, tuple(index.sources[row]), row)
             for number, row in enumerate(rows, 1)]
+
+
+def no_documents_answer(domain: Domain) -> str:
+    return NO_DOCUMENTS.format(title=domain.title)
 
 
 def not_found_answer(domain: Domain) -> str:

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 from .backend import ChatBackend, CompletionPrompt, SamplingSettings
 from .domains import Domain
-from .grounding import Grounding, abstain_answer, not_found_answer, quote_answer, sources_of
+from .grounding import Grounding, abstain_answer, no_documents_answer, not_found_answer, quote_answer, sources_of
 from .prompt import Passage, build_prompt
 from .rails.checks import OutputBlocked
 
@@ -139,10 +139,14 @@ class Pipeline:
             return
         grounding = self.retrieve(self.domain, history, message, access) if self.retrieve else None
         record.timings["retrieval_ms"] = round(_ms_since(started) - record.timings["checks_ms"], 2)
-        if grounding is not None and not grounding.passages:
+        quotes = grounding is not None and self._quotes(self.backend.info())
+        if grounding is not None and not grounding.documents and quotes:
+            yield from self._answer_without_model(message, no_documents_answer(self.domain), "no_documents", [],
+                                                  record, started, abstained=True)
+        elif grounding is not None and grounding.documents and not grounding.passages:
             yield from self._answer_without_model(message, not_found_answer(self.domain), "no_sources", [],
                                                   record, started, abstained=True)
-        elif grounding is not None and self._quotes(self.backend.info()):
+        elif quotes and grounding.documents:
             yield from self._quote(message, grounding, record, started)
         else:
             yield from self._generate(message, history, cancel, record, started, grounding.passages if grounding else [])

@@ -129,7 +129,8 @@ def _text(content) -> str:
 
 REFUSAL_MARK = "🚫 "
 ANSWER_KINDS = {"quoted": "引用資料原文（未呼叫模型）", "no_sources": "資料中沒有相關內容（未呼叫模型）",
-                "greeting": "問候（未呼叫模型）"}
+                "abstained": "資料沒有回答這個問題，列出相關閱讀（未呼叫模型）",
+                "no_documents": "這個領域還沒有資料文件（未呼叫模型）", "greeting": "問候（未呼叫模型）"}
 
 
 def _refusal(title: str, text: str) -> str:

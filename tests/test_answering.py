@@ -109,10 +109,20 @@ def test_a_huge_question_is_cut_not_crashed():
     assert answer("mingqing", "于謙為什麼被殺？" * 12_500).startswith("摘自資料〈于謙〉")
 
 
-def test_an_empty_documents_folder_means_no_grounding(tmp_path):
+@pytest.mark.parametrize("chat_template,reason,model_called", [(False, "no_documents", False), (True, None, True)])
+def test_an_empty_documents_folder(tmp_path, scripted, chat_template, reason, model_called):
+    from guardedchat.pipeline import FinalEvent, Pipeline
+
     domain = load_domain(ROOT / "domains/mingqing").model_copy(update={"folder": tmp_path})
     (tmp_path / "knowledge").mkdir()
-    assert Retriever(domain)(domain, [], "于謙為什麼被殺？") is None
+    grounding = Retriever(domain)(domain, [], "于謙為什麼被殺？")
+    assert (grounding.documents, grounding.passages) == (False, [])
+    events = list(Pipeline(domain, scripted(["模型的回答。"], chat_template=chat_template),
+                           retrieve=Retriever(domain)).run("于謙為什麼被殺？"))
+    record = events[-1].record
+    assert isinstance(events[-1], FinalEvent) and (record.reason, record.model_called) == (reason, model_called)
+    if not chat_template:  # a quoting model has nothing to quote: it says so, and who can fix it
+        assert record.answer.startswith("抱歉，「明清人物研究助理」還沒有可以引用的資料文件，這題無法回答。") and record.abstained
 
 
 def test_a_document_without_sentences_still_indexes(tmp_path):

@@ -42,7 +42,7 @@ BROKEN = [
      "缺少必填欄位 'examples.in_scope'。修正：在 YAML 中加上 examples.in_scope:。\n"
      "欄位 'examples.in_scop' 不認得（未知的鍵）。修正：是不是要寫 'in_scope'？請改名或刪除它。"),
     ("knowledge: knowledge", "knowledge: knowledge\nflavour: spicy",
-     "欄位 'flavour' 不認得（未知的鍵）。修正：刪除它；這一層可用的欄位有：banned_words, description, examples, facts, "
+     "欄位 'flavour' 不認得（未知的鍵）。修正：刪除它；這一層可用的欄位有：aliases, banned_words, description, examples, facts, "
      "fewshot, gate, generation, greeting, id, knowledge, lexicon, refusal, system_prompt, title, vocabulary。"),
     ("  max_tokens: 160", "  max_tokens: many",
      "欄位 'generation.max_tokens' 的值 'many' 不正確：Input should be a valid integer, unable to parse "
