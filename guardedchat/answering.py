@@ -27,11 +27,13 @@ SUBJECT_BONUS = 0.3      # the sentence's document is about the person or term a
 NAMING_BONUS = 0.1       # the sentence's document names it
 RETRIEVAL_WEIGHT = 0.3   # the passage's TF-IDF similarity to the whole question
 COMMON_NAME_SHARE = 0.3  # a name in more documents than this (RISC-V, 明朝) says nothing about which one
-LOOSE_CHARACTER_WEIGHT = 0.5  # a character of the question no document word holds
+LOOSE_CHARACTER_WEIGHT = 0.75  # a character of the question no document word holds
 PARTIAL_CREDIT = 0.5      # a word's characters found apart count for at most this much of it
 MAX_WORD = 6              # the longest run of a question looked up whole in the documents
 SHORT_SENTENCE = 24      # an answering sentence shorter than this is shown with the next one
 CANDIDATE_DOCUMENTS = 5
+WEAK_TERM_WEIGHT = 3.0   # a word in more than about an eighth of all sentences (指令, 暫存器) adds nothing to a name
+OPENING_ANSWERS = frozenset({"definition", "who", "what", "yes_no", "how", "why", "compare"})
 GENERIC_NAME_SHARE = 0.1  # a name in more documents than this (CSR, 指令集) leaves the question open to others
 _TITLE_PARTS = re.compile(r"[（）()：:、，,與和及《》〈〉「」/／]+")
 _STYLE_NAMES = re.compile(r"(?:字|號|自號|別號|諡號|諡|人稱|又稱|俗稱|稱為|通稱)\s*「?([\u4e00-\u9fff]{2,4}?)」?(?=[，,。；）)、\s]|$)")
@@ -212,7 +214,9 @@ def extract(answer_index: AnswerIndex, message: str, history: Sequence[dict], le
         # RISC-V 是哪一年開始的？: nothing but the domain's own name is left; it is the subject after all.
         question = replace(question, subjects=tuple(find_names(_norm(message), sorted(answer_index.common, key=len, reverse=True))))
     subjects = _by_specificity(answer_index, question.subjects)
-    asks_about_subject_only = not question.terms
+    # 鄭成功是誰？ Zbb 有哪些指令？: nothing asked beyond the name but words every document uses.
+    asks_about_subject_only = not question.terms or bool(question.subjects) and all(
+        answer_index.term_weight(term) < WEAK_TERM_WEIGHT for term in question.terms)
     about, naming = _subject_documents(answer_index, subjects)
     allowed = _visible_docs(answer_index.index, level)
     extraction = Extraction(question)
@@ -261,16 +265,22 @@ def _with_conversation(answer_index: AnswerIndex, question: Question, history: S
     ellipsis (浮點的呢？ after 整數暫存器有幾個？) the earlier question's predicate and type too."""
     if not question.follow_up:
         return question
-    previous = _previous_question(answer_index, history)
-    if previous is None:
-        return question
+    named = _previous_question(answer_index, history)
     subjects = question.subjects
-    if not subjects or (question.qtype == "compare" and len(subjects) < 2):
-        subjects = tuple(dict.fromkeys(subjects + previous.subjects))
-    if _ELLIPSIS.search(question.text) and not question.terms[1:]:
-        return replace(question, qtype=previous.qtype, subjects=subjects or previous.subjects,
-                       terms=question.terms + previous.terms if not question.subjects else previous.terms)
+    if named and (not subjects or (question.qtype == "compare" and len(subjects) < 2)):
+        subjects = tuple(dict.fromkeys(subjects + named.subjects))
+    last = _last_user_question(answer_index, history)
+    if last is not None and _ELLIPSIS.search(question.text) and not question.terms[1:]:
+        return replace(question, qtype=last.qtype, unit=last.unit, subjects=subjects,
+                       terms=question.terms + last.terms if not question.subjects else last.terms)
     return replace(question, subjects=subjects)
+
+
+def _last_user_question(answer_index: AnswerIndex, history: Sequence[dict]) -> Optional[Question]:
+    for message in reversed([m for m in history if isinstance(m, dict) and m.get("content")]):
+        if message.get("role") == "user":
+            return answer_index.analyze(str(message["content"])[:2000])
+    return None
 
 
 _ELLIPSIS = re.compile(r"^(那|那麼|還有|而|then|and|what about)?\s*.{0,16}?(的)?(呢|怎麼樣|如何)[？?]?$")
@@ -424,10 +434,18 @@ def _about(answer_index: AnswerIndex, question: Question, subjects: Sequence[str
         # 于謙幾歲過世？ RISC-V 是哪一年開始的？: the best sentence of its documents with the year or count.
         evident = [s for s in scored if s.evidence and answer_index.sentences[s.sentence].doc in docs[:1]]
         return [_with_short_follower(answer_index, [evident[0].sentence])] if evident else []
-    if docs:
-        return [_with_short_follower(answer_index, [answer_index.by_doc[docs[0]][0]])]
-    naming = [s for s in scored if contains(answer_index.sentences[s.sentence].norm, name)]
-    return [_with_short_follower(answer_index, [naming[0].sentence])] if naming else []
+    opening = answer_index.by_doc[docs[0]][0] if docs else None
+    if opening is not None and question.qtype in OPENING_ANSWERS \
+            and contains(answer_index.sentences[opening].norm, name):
+        return [_with_short_follower(answer_index, [opening])]
+    # Zbb 有哪些指令？ (a document about B, Zba, Zbb and Zbs): the sentence that names it, one
+    # holding what the type asks for (a list, a place) first.
+    naming = [s for s in scored if contains(answer_index.sentences[s.sentence].norm, name)
+              and (not docs or answer_index.sentences[s.sentence].doc in docs)]
+    naming.sort(key=lambda s: (not s.evidence, -s.score))
+    if naming:
+        return [_with_short_follower(answer_index, [naming[0].sentence])]
+    return [_with_short_follower(answer_index, [opening])] if opening is not None else []
 
 
 def _after_conversation(answer_index: AnswerIndex, sentences: list[int], history: Sequence[dict]) -> Optional[int]:

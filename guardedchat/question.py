@@ -31,7 +31,7 @@ _TYPE_PATTERNS = tuple((name, re.compile(pattern)) for name, pattern in QUESTION
 # questions about one fact (a year, a count, an age): a sentence without it does not answer them.
 EVIDENCE = {
     "when": r"\d{3,4}\s*年|\d{4}\s*[–\-~]|[元一二三四五六七八九十]{1,3}年|(?<!\d)(1[3-9]|20)\d{2}(?!\d)|年間",
-    "duration": r"\d+\s*年|[一二兩三四五六七八九十百]+\s*年|年間|\d{4}\s*[–\-~]\s*\d{2,4}",
+    "duration": r"\d+\s*[多餘]?\s*年|[一二兩三四五六七八九十百]+\s*[多餘]?\s*年|年間|\d{4}\s*[–\-~]\s*\d{2,4}",
     # a count, not a year: 三萬多人, 16 個, 七次 (1380 年 is a date)
     "how_many": r"(?<!\d)\d{1,3}(?!\d)(?:\.\d+)?\s*(?!年)(?:[多餘]?\s*[個次位種組名人項條本卷冊級層道座艘部類套支萬千百億]|[a-z%])"
                 r"|[一二兩三四五六七八九十百千萬幾]+[多餘]?\s*[個次位種組名人項條本卷冊級層道座艘部類套支萬千百億]|數十|數百|上百|上千",
@@ -58,6 +58,7 @@ _FUNCTION_WORDS = sorted("""
 時候 什么 怎么 为什么 哪里 吗 么 意思 定義 做了 做過 做 幹 搞 事情 事蹟 事 經過 過程 情形 情況 發生 拿來 用來 用途 幹嘛
 一定 裡面 裏面 當中 其中 之中 大家 需要 到底 方面 部分 一個 一種 哪種 哪一種 種 樣 這樣 那樣 怎麼了 如何了 開始的 的時候
 才 真的 真 不是 不 最近 想問 問一下 有名 總共 一共 前後 好不容易 那麼 這麼 最多 最少 為了 爆發 兩個人 兩人 當時 那時
+一生 這輩子 先 再 也是 他們兩個 她們兩個 兩個
 """.split(), key=len, reverse=True)
 _ENGLISH_STOPWORDS = frozenset("""
 a an the of in on at for to from by with about between and or is are was were be been being do does did
@@ -65,13 +66,14 @@ done how what whats what's which who whom whose why when where can could would s
 it its this that these those there their they them he she his her i me my we our you your tell explain
 please difference differences compare compared versus vs than more most much many number list some any
 mean means meaning used use kind kinds type types way does doing also just only really exactly old
+define defines defined there exist exists have has had i
 """.split())
 _LATER = re.compile(r"後來|最後|結局|下場|之後|然後呢|後半生|晚年|later|afterwards|in the end")
 _FOLLOW_UP = re.compile(r"^(那|而|還有|另外|then|and|what about)|^(他|她|它|其|這|那)|(他|她|它|他們|她們|這個|那個|呢)[？?]?$")
 _CJK = re.compile(r"[\u3400-\u9fff]+")
 _ASCII = re.compile(r"[a-z0-9][a-z0-9_./+-]*[a-z0-9+]|[a-z0-9]")
 GAP = "|"
-_VARIANTS = str.maketrans("爲裏着綫衆峯羣僞啓麪於", "為裡著線眾峰群偽啟麵于")
+_VARIANTS = str.maketrans("爲裏着綫衆峯羣僞啓麪於捨", "為裡著線眾峰群偽啟麵于舍")
 # Words a question type already implies: "幾歲" asks about the life span, so 過世／活到 add nothing.
 _IMPLIED = {"how_old": {"活到", "活", "享年", "壽命", "壽", "時候", "死", "過世", "去世", "逝世", "被殺", "處死", "卒", "死的"}}
 
@@ -124,7 +126,14 @@ class Synonyms:
 
     def ascii_phrases_in(self, text: str) -> list[str]:
         """Known English phrases of more than one word (stack pointer, supervisor mode) in the text."""
-        return [p for p in self._ascii_phrases if p in text and _word_bounded(text, text.find(p), text.find(p) + len(p))]
+        found = []
+        for phrase in self._ascii_phrases:
+            for form in (phrase, phrase + "s"):  # privilege levels → privilege level
+                start = text.find(form)
+                if start >= 0 and _word_bounded(text, start, start + len(form)):
+                    found.append(form)
+                    break
+        return found
 
     def singular(self, word: str) -> str:
         """levels → level when only the singular is known."""
@@ -215,7 +224,7 @@ def predicate_terms(text: str, synonyms: Synonyms) -> list[Term]:
     text = _LATER.sub(GAP, text)
     terms: list[Term] = []
     for phrase in synonyms.ascii_phrases_in(text):
-        terms.append(Term(phrase, synonyms.forms(phrase)))
+        terms.append(Term(phrase, synonyms.forms(phrase.removesuffix("s") if not synonyms.known(phrase) else phrase)))
         text = text.replace(phrase, GAP)
     for word in _ASCII.findall(text):
         if word not in _ENGLISH_STOPWORDS and not word.isdigit():
