@@ -34,7 +34,7 @@ SHORT_SENTENCE = 24      # an answering sentence shorter than this is shown with
 CANDIDATE_DOCUMENTS = 5
 WEAK_TERM_WEIGHT = 3.0   # a word in more than about an eighth of all sentences (指令, 暫存器) adds nothing to a name
 OPENING_ANSWERS = frozenset({"definition", "who", "what", "yes_no", "how", "why", "compare"})
-GENERIC_NAME_SHARE = 0.1  # a name in more documents than this (CSR, 指令集) leaves the question open to others
+GENERIC_NAME_SHARE = 0.2  # a name in more documents than this (CSR, S 模式) leaves the question open to others
 _TITLE_PARTS = re.compile(r"[（）()：:、，,與和及《》〈〉「」/／]+")
 _STYLE_NAMES = re.compile(r"(?:字|號|自號|別號|諡號|諡|人稱|又稱|俗稱|稱為|通稱)\s*「?([\u4e00-\u9fff]{2,4}?)」?(?=[，,。；）)、\s]|$)")
 _EMPEROR = re.compile(r"^(.+?)(皇帝|太后|皇后)(.*)$")
@@ -227,7 +227,8 @@ def extract(answer_index: AnswerIndex, message: str, history: Sequence[dict], le
         question = replace(question, terms=question.terms + tuple(
             Term(name, answer_index.synonyms.forms(name), docs=frozenset(answer_index.about.get(name, ())))
             for name in subjects[1:]))
-    context = _Context(tfidf, about, naming, tuple(form for name in subjects for form in answer_index.synonyms.forms(name)))
+    specific = [name for name in subjects if answer_index.index.document_frequency(name) <= GENERIC_NAME_SHARE]
+    context = _Context(tfidf, about, naming, tuple(form for name in specific for form in answer_index.synonyms.forms(name)))
     scored = _scored(answer_index, question, _candidate_docs(answer_index, tfidf, about | naming, allowed, subjects),
                      context)
     extraction.ranked_rows = _rows_in_order(answer_index, scored)
@@ -348,8 +349,10 @@ def _score(answer_index: AnswerIndex, question: Question, i: int, context: _Cont
     score = coverage + EVIDENCE_BONUS * evidence + RETRIEVAL_WEIGHT * float(context.tfidf[sentence.row])
     score += SUBJECT_BONUS if sentence.doc in context.about else NAMING_BONUS if sentence.doc in context.naming else 0.0
     # A passage of someone else's document answers only if it names who the question is about.
+    # Someone else's document answers only in a sentence that names who the question is about
+    # (its 他 is that document's own subject).
     anchored = not context.names or sentence.doc in context.about or \
-        any(contains(answer_index.passage_norms[sentence.row], form) for form in context.names)
+        any(contains(sentence.norm, form) for form in context.names)
     return Scored(i, score, coverage, evidence, anchored)
 
 
@@ -399,10 +402,13 @@ def _unknown_identifier(answer_index: AnswerIndex, question: Question) -> Option
 
 
 def _neighbour_with_evidence(answer_index: AnswerIndex, question: Question, i: int) -> Optional[int]:
+    """The sentence before or after, in the same passage, that holds the year or count and shares
+    something of the question (the year of a birth is not the year of a death)."""
     row = answer_index.sentences[i].row
     for j in (i + 1, i - 1):
         if 0 <= j < len(answer_index.sentences) and answer_index.sentences[j].row == row \
-                and question.evidence(answer_index.sentences[j].norm):
+                and question.evidence(answer_index.sentences[j].norm) \
+                and _coverage(answer_index, question, answer_index.sentences[j]) > 0:
             return j
     return None
 
@@ -442,7 +448,8 @@ def _about(answer_index: AnswerIndex, question: Question, subjects: Sequence[str
     # holding what the type asks for (a list, a place) first.
     naming = [s for s in scored if contains(answer_index.sentences[s.sentence].norm, name)
               and (not docs or answer_index.sentences[s.sentence].doc in docs)]
-    naming.sort(key=lambda s: (not s.evidence, -s.score))
+    # The sentence it is the subject of (Zbs 提供…) before one that only lists it among others.
+    naming.sort(key=lambda s: (not s.evidence, not answer_index.sentences[s.sentence].norm.startswith(name), -s.score))
     if naming:
         return [_with_short_follower(answer_index, [naming[0].sentence])]
     return [_with_short_follower(answer_index, [opening])] if opening is not None else []

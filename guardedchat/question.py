@@ -12,7 +12,7 @@ import yaml
 
 # Question types, first match wins: the more specific patterns come before the general ones.
 QUESTION_TYPES: tuple[tuple[str, str], ...] = (
-    ("compare", r"差別|差在|差異|區別|不同|比較|相比|比起|異同|有何不同|有什麼不一樣|差很多|差多少|哪個好|\bvs\.?(?![a-z])|versus|differ|compared?\b"),
+    ("compare", r"差別|差在|差異|區別|不同|比較一下|做比較|的比較|比較起來|(誰|哪個|哪一個|哪位).{0,12}比較|相比|比起|異同|有何不同|有什麼不一樣|差很多|差多少|哪個好|\bvs\.?(?![a-z])|versus|differ|compared?\b"),
     ("how_old", r"幾歲|多少歲|多大年紀|年紀|享年|how old|\bage\b"),
     ("duration", r"多久|多長時間|多少年|幾年|how long"),
     ("when", r"哪一?年|何年|何時|什麼時候|什麼年代|年份|哪個年代|哪一天|\bwhen\b|what year|which year"),
