@@ -29,6 +29,7 @@ RETRIEVAL_WEIGHT = 0.3   # the passage's TF-IDF similarity to the whole question
 COMMON_NAME_SHARE = 0.3  # a name in more documents than this (RISC-V, 明朝) says nothing about which one
 LOOSE_CHARACTER_WEIGHT = 0.75  # a character of the question no document word holds
 PARTIAL_CREDIT = 0.5      # a word's characters found apart count for at most this much of it
+LATER_BONUS = 0.2         # at most, for the last sentence of a document, when the question asks what came later
 MAX_WORD = 6              # the longest run of a question looked up whole in the documents
 SHORT_SENTENCE = 24      # an answering sentence shorter than this is shown with the next one
 CANDIDATE_DOCUMENTS = 5
@@ -348,6 +349,8 @@ def _score(answer_index: AnswerIndex, question: Question, i: int, context: _Cont
     evidence = question.evidence(sentence.norm)
     score = coverage + EVIDENCE_BONUS * evidence + RETRIEVAL_WEIGHT * float(context.tfidf[sentence.row])
     score += SUBJECT_BONUS if sentence.doc in context.about else NAMING_BONUS if sentence.doc in context.naming else 0.0
+    if question.later:  # 他最後死在哪？: the later part of a life or a story
+        score += LATER_BONUS * sentence.position / max(1, len(answer_index.by_doc[sentence.doc]))
     # A passage of someone else's document answers only if it names who the question is about.
     # Someone else's document answers only in a sentence that names who the question is about
     # (its 他 is that document's own subject).
@@ -480,22 +483,34 @@ def _bigrams(text: str) -> set[str]:
 
 
 def _compare(answer_index: AnswerIndex, subjects: Sequence[str], scored: list[Scored]) -> list[list[int]]:
-    """One cited sentence per side: the best of the side's own documents (its opening when the
-    predicate is not covered there); nothing when a side has no document."""
+    """One cited sentence per side: the best sentence of the side's own documents that names it
+    and covers the predicate, else its document's opening (or the best sentence naming it, when
+    one document covers both sides); nothing when a side has no document."""
     sides = []
     for name in subjects:
         about, naming = answer_index.documents(name)
-        docs = about or naming
-        own = [s for s in scored if answer_index.sentences[s.sentence].doc in docs
-               and contains(answer_index.sentences[s.sentence].norm, name) or
-               answer_index.sentences[s.sentence].doc in about]
-        if not own:
+        in_docs = [s for s in scored if answer_index.sentences[s.sentence].doc in (about or naming)]
+        if not in_docs:
             return []
-        best = max(own, key=lambda s: (s.coverage >= MIN_COVERAGE, s.score))
-        if best.coverage < MIN_COVERAGE and about:
-            best = next(s for s in own if answer_index.sentences[s.sentence].doc in about)
-        sides.append([best.sentence])
+        # Its own document speaks of it as 他; another document must name it.
+        pool = [s for s in in_docs if answer_index.sentences[s.sentence].doc in about
+                or contains(answer_index.sentences[s.sentence].norm, name)] or in_docs
+        covered = [s for s in pool if s.coverage >= MIN_COVERAGE]
+        opening = _opening_naming(answer_index, about, name)
+        if covered or pool[0].coverage > 0 or opening is None:
+            sides.append([(covered or pool)[0].sentence])  # what it says on the point asked, if anything
+        else:
+            sides.append([opening])
     return sides if len({tuple(side) for side in sides}) == len(sides) else sides[:1]
+
+
+def _opening_naming(answer_index: AnswerIndex, docs: set[str], name: str) -> Optional[int]:
+    """The first sentence of a document about the name, if that sentence names it."""
+    for doc in sorted(docs):
+        first = answer_index.by_doc[doc][0] if answer_index.by_doc.get(doc) else None
+        if first is not None and contains(answer_index.sentences[first].norm, name):
+            return first
+    return None
 
 
 def _rows_in_order(answer_index: AnswerIndex, scored: list[Scored]) -> list[int]:

@@ -22,7 +22,7 @@ QUESTION_TYPES: tuple[tuple[str, str], ...] = (
     ("who", r"誰|哪位|什麼人|哪個人|\bwho\b|\bwhom\b|\bwhose\b"),
     ("list", r"有哪些|哪些|包括什麼|包含什麼|包括哪|有什麼.{0,6}(種類|類型|指令|模式|作品|著作)|列出|\blist\b|what are the"),
     ("how", r"如何|怎麼|怎樣|怎麼做|\bhow\b"),
-    ("definition", r"是什麼|什麼是|是甚麼|是啥|指什麼|什麼意思|介紹|簡介|\bwhat is\b|\bwhat's\b|\bwhat are\b|explain|是做什麼|做什麼用|用途"),
+    ("definition", r"是什麼|什麼是|是甚麼|是啥|指什麼|什麼意思|介紹|簡介|\bwhat is\b|\bwhat's\b|\bwhat are\b|explain|是做什麼|做什麼用|用途|拿來做什麼|用來做什麼|做什麼的|是幹嘛的|有什麼用|作用是"),
     ("yes_no", r"嗎|是不是|有沒有|是否|能不能|可不可以|^(is|are|can|does|do|did|was|were)\b"),
 )
 _TYPE_PATTERNS = tuple((name, re.compile(pattern)) for name, pattern in QUESTION_TYPES)
@@ -38,7 +38,7 @@ EVIDENCE = {
     "how_old": r"歲|\d{4}\s*[–\-~—]\s*約?\s*\d{4}|享年",
     "why": r"因|由於|為了|罪名|以致|導致|所以|於是|使得|為由|因此|目的|避免|以便|才能|讓|使|because|so that|in order",
     "where": r"[\u4e00-\u9fff]{1,4}(省|府|州|縣|城|島|灣|港|關|堡|寺|山|衛|鎮|京|海|江|河|洋|國|地區)|到|至|在|於",
-    "definition": r"是|指|為|讓|即|稱為|負責|用來|用於|提供|定義|：|\bis\b|\bare\b|refers",
+    "definition": r"是|指|為|讓|即|稱為|負責|用來|用於|提供|定義|存放|記錄|保存|控制|指向|決定|：|\bis\b|\bare\b|refers",
     "list": r"、.*、|包括|包含|分為|有[一二兩三四五六七八九十\d]+[種個類]",
     "how": r"以|用|透過|藉|率|經由|先|再|然後|後|方式|方法|靠",
 }
