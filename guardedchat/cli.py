@@ -17,7 +17,7 @@ from .domains import get_domain, load_all
 from .errors import GuardedChatError, InputError
 from .grounding import sources_line
 from .knowledge import ACCESS_LEVELS, access_rank
-from .models import cache_dir, download_command, ensure_default_model, load_registry, models_dir
+from .models import download_command, ensure_default_model, load_registry, model_path, models_dir
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
 from .progress import ProgressBar, Spinner
 from .runtime import BackendSettings, build_pipeline, get_backend
@@ -124,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     grounded.add_argument("--limit", type=int, metavar="N", help="only the first N cases")
     grounded.add_argument("--model", metavar="NAME|PATH", help="registry name or GGUF file (default: gemma3-270m)")
     grounded.set_defaults(handler=cmd_eval_grounded)
+    answers = kinds.add_parser("answers", help="answer cases {id, domain, history, question, answerable, any_of}: "
+                                               "does the answer hold the fact, or say honestly that the documents don't?")
+    answers.add_argument("cases", help="JSONL case file")
+    answers.add_argument("--json", action="store_true", help="print the JSON report (default: a summary)")
+    answers.add_argument("--baseline", action="store_true",
+                         help="also score the quote mode as it was before answer extraction, in the same run")
+    answers.add_argument("--answer-mode", choices=["auto", "quote", "generate"], default="auto",
+                         help="quote passages, or let the model write a cited answer (default: auto)")
+    answers.add_argument("--model", metavar="NAME|PATH", help="registry name or GGUF file (default: gemma3-270m)")
+    answers.set_defaults(handler=cmd_eval_answers)
 
     gate = kinds.add_parser("gate", help="domain gate cases: {id, domain, history, message, expect}")
     gate.add_argument("cases", help="JSONL case file")
@@ -356,11 +366,10 @@ def cmd_models(args) -> int:
     folder = models_dir()
     rows = []
     for entry in load_registry(folder):
-        path = cache_dir() / entry.file if entry.url.startswith("pypi:") else folder / entry.file
-        rows.append({"name": entry.name, "file": str(path), "on_disk": path.is_file(),
+        path = model_path(entry, folder)
+        rows.append({"name": entry.name, "file": str(path or entry.url), "on_disk": bool(path and path.is_file()),
                      "size_gb": entry.size_gb, "ram_gb": entry.ram_gb, "licence": entry.licence,
-                     "default": entry.default,
-                     "download": None if entry.url.startswith("pypi:") else download_command(entry, folder)})
+                     "default": entry.default, "download": download_command(entry, folder)})
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
@@ -369,7 +378,7 @@ def cmd_models(args) -> int:
         default = "（預設）" if row["default"] else ""
         print(f"{mark} {row['name']:<18} {row['size_gb']:>5} GB  RAM {row['ram_gb']} GB  {row['licence']}{default}")
         if not row["on_disk"]:
-            print(f"    下載：{row['download'] or 'make install'}")
+            print(f"    下載：{row['download']}")
     return 0
 
 
@@ -454,6 +463,42 @@ def cmd_eval_grounded(args) -> int:
     print(f"cases {summary['cases']}  cites the right document {summary['cites_right_doc']:.2%}  "
           f"cites any {summary['cites_any']:.2%}  refused {summary['refused']:.2%}  {summary['reasons']}")
     return 0
+
+
+def cmd_eval_answers(args) -> int:
+    from .evaluate import LegacyQuoteBaseline, evaluate_answers
+
+    settings = BackendSettings.from_env(model=args.model)
+
+    @functools.cache
+    def turn_for(domain_id: str):
+        pipeline = build_pipeline(get_domain(domain_id), get_backend(settings), answer_mode=args.answer_mode)
+        return lambda question, history: _final_record(pipeline.run(question, history))
+
+    baseline_for = functools.cache(lambda domain_id: LegacyQuoteBaseline(get_domain(domain_id)))
+    report = evaluate_answers(args.cases, turn_for, baseline_for if args.baseline else None)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    summary = report["summary"]
+    rows = [("GuardedChat", summary)] + ([("baseline (quote mode before extraction)", summary["baseline"])]
+                                         if args.baseline else [])
+    for label, stats in rows:
+        print(f"{label}: cases {stats['cases']}  fact in answer {_pct(stats['fact_in_answer'])}  "
+              f"in first sentence {_pct(stats['fact_in_first_sentence'])}  "
+              f"abstained when unanswerable {_pct(stats['abstained_when_unanswerable'])}  refused {_pct(stats['refused'])}")
+    for row in report["cases"]:
+        if not row["correct"]:
+            print(f"✗ {row['id']} expect {row['expect']} got {row['got']}: {row['question']}")
+    return 0
+
+
+def _final_record(events):
+    record = None
+    for event in events:
+        if isinstance(event, FinalEvent):
+            record = event.record
+    return record
 
 
 def cmd_eval_gate(args) -> int:

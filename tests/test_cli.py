@@ -62,7 +62,7 @@ ERRORS = [
      "可用的模型見 `guardedchat models`。\n"),
     (["ask", "--domain", "mingqing", "--model", "gpt-9", "海瑞是誰？"],
      "錯誤：不認得模型 'gpt-9'：它不是登錄的名稱，也不是 .gguf 檔。可用的名稱：breeze-7b, gemma3-270m, "
-     "llama3-taiwan-8b, taide-8b。修正：用 `guardedchat models` 查看，或給一個 .gguf 檔的路徑。\n"),
+     "llama3-taiwan-8b, smollm2-135m, taide-8b。修正：用 `guardedchat models` 查看，或給一個 .gguf 檔的路徑。\n"),
 ]
 
 
