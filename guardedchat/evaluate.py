@@ -267,13 +267,16 @@ def _answers_summary(results: list[dict], with_baseline: bool) -> dict:
                 "correct": _rate([pick(r) for r in rows], lambda r: r["correct"])}
 
     summary = {**stats(results), "by_qtype": {name: stats(rows) for name, rows in _group(results, "qtype").items()},
-               "domains": {name: stats(rows) for name, rows in _group(results, "domain").items()}}
+               "domains": {name: stats(rows) for name, rows in _group(results, "domain").items()},
+               # The answer stage alone: the cases the gate let through (its refusals are the gate's errors).
+               "past_the_gate": stats([r for r in results if r["got"] != "refuse"])}
     after_gate = [r["after_gate_ms"] for r in results if r["got"] != "refuse"]
     summary["after_gate_ms"] = {"p50": _percentile(after_gate, 50), "p99": _percentile(after_gate, 99)}
     if with_baseline:
         pick = lambda r: {**r, **r["baseline"]}  # noqa: E731 - the baseline's fields over the case's
         summary["baseline"] = {**stats(results, pick),
-                               "by_qtype": {name: stats(rows, pick) for name, rows in _group(results, "qtype").items()}}
+                               "by_qtype": {name: stats(rows, pick) for name, rows in _group(results, "qtype").items()},
+                               "past_the_gate": stats([r for r in results if r["got"] != "refuse"], pick)}
     return summary
 
 
