@@ -36,9 +36,9 @@ CANDIDATE_DOCUMENTS = 5
 WEAK_TERM_WEIGHT = 3.0   # a word in more than about an eighth of all sentences (指令, 暫存器) adds nothing to a name
 OPENING_ANSWERS = frozenset({"definition", "who", "what", "yes_no", "how", "why", "compare"})
 GENERIC_NAME_SHARE = 0.2  # a name in more documents than this (CSR, S 模式) leaves the question open to others
-_TITLE_PARTS = re.compile(r"[（）()：:、，,與和及《》〈〉「」/／]+")
+_TITLE_PARTS = re.compile(r"[（）()：:、，,與《》〈〉「」/／]+")
 _STYLE_NAMES = re.compile(r"(?:字|號|自號|別號|諡號|諡|人稱|又稱|俗稱|稱為|通稱)\s*「?([\u4e00-\u9fff]{2,4}?)」?(?=[，,。；）)、\s]|$)")
-_EMPEROR = re.compile(r"^(.+?)(皇帝|太后|皇后)(.*)$")
+_EMPEROR = re.compile(r"^(.{2,}?)(皇帝|太后|皇后|帝)(.*)$")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class AnswerIndex:
         self.passage_norms = [_norm(text) for text in index.texts]
         self.about = self._names_from_titles()
         self._add_names(extra_names, alias_groups)
-        self.names = sorted(self.about, key=len, reverse=True)
+        self.names = sorted(_without_compounds(self.about), key=len, reverse=True)
         self.common = {name for name in self.names if index.document_frequency(name) > COMMON_NAME_SHARE}
         self._df: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -170,6 +170,14 @@ def _match_forms(name: str) -> set[str]:
     if name.isascii() and " " in name:
         forms.add(name.split()[-1])
     return forms
+
+
+def _without_compounds(about: dict[str, set[str]]) -> list[str]:
+    """The names, less those that only join a documented name to a predicate (鄭和下西洋 is 鄭和 +
+    下西洋: read that way, the question is about 鄭和 and asks about 下西洋)."""
+    documented = [name for name, docs in about.items() if docs]
+    return [name for name, docs in about.items()
+            if docs or not any(short != name and short in name for short in documented)]
 
 
 def _norm(text: str) -> str:

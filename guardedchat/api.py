@@ -24,7 +24,7 @@ from .api_keys import ApiKey, ApiKeys
 from .errors import BackendError, GuardedChatError, ModelLoadError
 from .handoff import events_in_thread
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
-from .ui import ChatService, RateLimiter, client_address
+from .service import UVICORN_OPTIONS, ChatService, RateLimiter, client_address
 
 MODEL_PREFIX = "guardedchat-"
 MAX_REQUEST_BYTES = 256_000  # a whole conversation; one message is further limited by the input rails
@@ -58,6 +58,11 @@ def create_api(service: ChatService, keys: Optional[ApiKeys] = None) -> FastAPI:
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return exc.response()
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # still OpenAI's format, never plain text
+        log.exception("request failed")
+        return ApiError(500, f"內部錯誤（{type(exc).__name__}）。修正：查看伺服器紀錄。", "server_error").response()
 
     closed = service.page.login_required and not keys  # a page behind a login never gets an open API
 
@@ -134,6 +139,9 @@ async def _read_json(request: Request) -> dict:
         body = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"請求內容不是合法的 JSON（{exc}）。修正：送出 UTF-8 的 JSON 物件。", code="invalid_json") from exc
+    except RecursionError as exc:  # Python's parser gives up on about a thousand nested arrays or objects
+        raise ApiError(400, "請求內容的 JSON 巢狀層數太深。修正：送出一般的對話請求（messages 陣列中的物件）。",
+                       code="invalid_json") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "請求內容必須是 JSON 物件。修正：例如 {\"model\": \"guardedchat-mingqing\", \"messages\": [...]}。",
                        code="invalid_json")
@@ -189,12 +197,23 @@ def _turn(index: int, message) -> dict:
 
 def _content(content, where: str) -> str:
     if isinstance(content, str):
-        return content
+        return _unicode(content, where)
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                                          for p in content):
-        return "".join(p["text"] for p in content)
+        return _unicode("".join(p["text"] for p in content), where)
     raise ApiError(400, f"{where}.content 必須是字串或文字區塊陣列（不支援圖片、音訊與工具呼叫）。",
                    param=f"{where}.content", code="unsupported_content")
+
+
+def _unicode(text: str, where: str) -> str:
+    """JSON's \\ud800 escapes parse to lone surrogates, which no model, engine or log can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"{where}.content 在第 {exc.start + 1} 個字元有單獨的 UTF-16 代理碼（例如 \\ud800），"
+                            "不是合法的 Unicode 文字。修正：送出完整的字元（代理碼須成對）。",
+                       param=f"{where}.content", code="invalid_text") from exc
+    return text
 
 
 def _complete(pipeline, message: str, history: list, access: str):
@@ -311,4 +330,4 @@ def serve(host: str, port: int, service: Optional[ChatService] = None) -> None:
     stack = server_stack()
     log.info("serving with HTTP parser %s, event loop %s", stack["http"], stack["loop"])
     print(f"GuardedChat：網頁 http://{host}:{port}/　API http://{host}:{port}/v1", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", **stack)
+    uvicorn.run(app, host=host, port=port, log_level="warning", **UVICORN_OPTIONS, **stack)

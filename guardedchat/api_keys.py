@@ -7,7 +7,8 @@
         rate_limit_per_minute: 30
 
 The file is named by GUARDEDCHAT_API_KEYS. Without it the API is open (a desktop or a trusted lab
-network); with it, every request needs a key.
+network); with it, every request needs a key, even when the file lists none. A named file that is
+missing or unreadable is an error (ConfigError), never an open API.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .knowledge import AccessLevel
 
 TOKEN_PREFIX = "gc-"
@@ -43,29 +44,37 @@ def digest(token: str) -> str:
 
 
 class ApiKeys:
-    """The configured keys; empty (falsy) when no key file is set."""
+    """The configured keys; falsy (an open API) only when no key file is set."""
 
     def __init__(self, keys: list[ApiKey] = (), path: Optional[Path] = None):
         self.keys = list(keys)
         self.path = path
 
     def __bool__(self) -> bool:
-        return bool(self.keys)
+        return self.path is not None or bool(self.keys)
 
     @classmethod
     def from_env(cls) -> "ApiKeys":
+        """The keys of $GUARDEDCHAT_API_KEYS; a file it names must exist (an open API is not a fallback)."""
         path = os.environ.get("GUARDEDCHAT_API_KEYS")
-        return cls.load(Path(path)) if path else cls()
+        if not path:
+            return cls()
+        if not Path(path).is_file():
+            raise ConfigError(f"找不到 API 金鑰檔 {path}（GUARDEDCHAT_API_KEYS 指定的檔案），API 不會在沒有金鑰檔時開放，"
+                              f"所以伺服器沒有啟動。修正：用 `guardedchat api-key create --name 名稱 --file {path}` "
+                              "建立金鑰，或把 GUARDEDCHAT_API_KEYS 改成正確的路徑（不需要金鑰時取消這個設定）。")
+        return cls.load(Path(path))
 
     @classmethod
     def load(cls, path: Path) -> "ApiKeys":
+        """The keys in `path`; a file not created yet holds none (`api-key create` starts there)."""
         if not path.exists():
             return cls([], path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             return cls([ApiKey.model_validate(item) for item in data.get("keys") or []], path)
         except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError, ValidationError) as exc:
-            raise InputError(f"無法讀取 API 金鑰檔 {path}（{exc}）。修正：用 `guardedchat api-key create` 重新建立，"
+            raise ConfigError(f"無法讀取 API 金鑰檔 {path}（{exc}）。修正：用 `guardedchat api-key create` 重新建立，"
                              "或修正 YAML（keys: 清單，每項有 name、sha256、access）。") from exc
 
     def lookup(self, token: str) -> Optional[ApiKey]:

@@ -55,7 +55,8 @@ class AuditLog:
         try:
             with self._lock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as handle:
+                # A lone surrogate in a message must not cost the turn its line (nor the turn itself).
+                with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as handle:
                     handle.write(line)
         except OSError as exc:  # a full disk must not take the chat down; say so in the log
             log.warning("audit log %s not written: %s", self.path, exc)

@@ -6,6 +6,8 @@
     ├── ModelLoadError         a model file that is missing, truncated, not GGUF or fails to load
     ├── BackendError           generation failed after the model loaded
     └── InputError             a message or file the user gave that cannot be used
+        └── ConfigError        a file a setting names (GUARDEDCHAT_API_KEYS) is missing or unreadable:
+                               the server does not start rather than run without it
 
 Only the edges (CLI, UI, API) turn these into output; everything else raises them, translating
 third-party errors at one boundary with ``raise ... from exc``.
@@ -38,3 +40,7 @@ class BackendError(GuardedChatError):
 
 class InputError(GuardedChatError):
     """User input that cannot be processed."""
+
+
+class ConfigError(InputError):
+    """A file named by a setting cannot be used; what it guards must not run without it."""

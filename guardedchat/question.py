@@ -58,7 +58,7 @@ _FUNCTION_WORDS = sorted("""
 時候 什么 怎么 为什么 哪里 吗 么 意思 定義 做了 做過 做 幹 搞 事情 事蹟 事 經過 過程 情形 情況 發生 拿來 用來 用途 幹嘛
 一定 裡面 裏面 當中 其中 之中 大家 需要 到底 方面 部分 一個 一種 哪種 哪一種 種 樣 這樣 那樣 怎麼了 如何了 開始的 的時候
 才 真的 真 不是 不 最近 想問 問一下 有名 總共 一共 前後 好不容易 那麼 這麼 最多 最少 為了 爆發 兩個人 兩人 當時 那時
-一生 這輩子 先 再 也是 他們兩個 她們兩個 兩個
+一生 這輩子 先 再 也是 他們兩個 她們兩個 兩個 這兩本 兩本 兩位 兩者 這兩 兩
 """.split(), key=len, reverse=True)
 _ENGLISH_STOPWORDS = frozenset("""
 a an the of in on at for to from by with about between and or is are was were be been being do does did

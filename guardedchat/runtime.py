@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -14,8 +15,8 @@ from .engine import EngineSettings, OpenAICompatBackend
 from .gate import gate_for
 from .grounding import Retriever
 from .models import resolve_model
-from .errors import InputError
-from .pipeline import ANSWER_MODES, Pipeline, Verdict, sampling
+from .errors import BackendError, InputError, ModelLoadError
+from .pipeline import ANSWER_MODES, Pipeline, TurnRecord, Verdict, sampling
 from .rails import BackendLLM, GuardRails
 from .rails.checks import OutputGuard, RailChecks
 from .taiwan import for_domain
@@ -88,10 +89,10 @@ def build_pipeline(domain: Domain, backend, audit: Optional[AuditLog] = None,
     mode = answer_mode or os.environ.get("GUARDEDCHAT_ANSWER_MODE") or "auto"
     if mode not in ANSWER_MODES:
         raise InputError(f"GUARDEDCHAT_ANSWER_MODE 是 '{mode}'，不認得。修正：用 {' | '.join(ANSWER_MODES)} 之一。")
-    return Pipeline(domain, backend, input_checks=[rails.input_check],
-                    stream_stages=[normalizer.stream, lambda: OutputGuard(checks)],
-                    output_check=rails.output_check, retrieve=retriever, answer_mode=mode,
-                    on_record=[audit or AuditLog.from_env()])
+    return AuditedPipeline(domain, backend, input_checks=[rails.input_check],
+                           stream_stages=[normalizer.stream, lambda: OutputGuard(checks)],
+                           output_check=rails.output_check, retrieve=retriever, answer_mode=mode,
+                           on_record=[audit or AuditLog.from_env()])
 
 
 class LazyRails:
@@ -124,3 +125,29 @@ class LazyRails:
         if result.blocked is None:
             return None
         return Verdict(False, result.blocked.reason, result.blocked.text, rail=result.blocked.rail)
+
+
+class AuditedPipeline(Pipeline):
+    """A pipeline whose failed turns (the engine down, the model failing, a bug) still reach the
+    audit log: the pipeline records a turn only at its final event, which a failure never reaches."""
+
+    def run(self, message, history=(), cancel=None, access="public"):
+        started = time.perf_counter()
+        try:
+            yield from super().run(message, history, cancel, access)
+        except Exception as exc:
+            failed = _failed_record(self, exc, started)
+            for record_to in self.on_record:
+                record_to(failed, message)
+            raise
+
+
+def _failed_record(pipeline: Pipeline, exc: Exception, started: float) -> TurnRecord:
+    engine = isinstance(exc, (BackendError, ModelLoadError))
+    record = TurnRecord(domain=pipeline.domain.id, reason="engine_error" if engine else "internal_error")
+    record.timings["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    try:
+        record.model = pipeline.backend.info().name
+    except Exception:  # the backend that just failed may not even say its name
+        record.model = None
+    return record

@@ -12,19 +12,15 @@ import json
 import os
 import tempfile
 import threading
-import time
-from collections import defaultdict, deque
 from typing import Optional
 
 import gradio as gr
 
-from .domains import load_all
 from .errors import GuardedChatError
-from .feedback import FeedbackStore
 from .grounding import sources_line
 from .handoff import events_in_thread
 from .pipeline import FinalEvent, RefusalEvent, TextEvent
-from .runtime import BackendSettings, build_pipeline, get_backend
+from .service import ChatService, RateLimiter, client_address, server_trusts_no_proxy  # noqa: F401 - re-exported
 from .settings import PageSettings, load_settings
 
 REFUSAL_TITLES = {
@@ -52,68 +48,6 @@ LIMIT_MESSAGES = {
     "too_many_turns": "這段對話已達 {limit} 輪上限。請按「清除」開始新的對話。",
     "rate_limited": "您的提問太頻繁了（每分鐘最多 {limit} 則）。請稍候再試。",
 }
-
-
-class RateLimiter:
-    """At most `limit` messages per client per minute (a sliding window)."""
-
-    def __init__(self, limit: Optional[int]):
-        self.limit = limit
-        self._times: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def allow(self, client: str) -> bool:
-        if not self.limit:
-            return True
-        now = time.monotonic()
-        with self._lock:
-            times = self._times[client]
-            while times and now - times[0] > 60:
-                times.popleft()
-            if len(times) >= self.limit:
-                return False
-            times.append(now)
-            return True
-
-
-def client_address(request, trusted_proxies) -> str:
-    """The client's address; x-forwarded-for is believed only from a configured proxy."""
-    if request is None or request.client is None:
-        return "unknown"
-    host = request.client.host
-    forwarded = request.headers.get("x-forwarded-for") if request.headers else None
-    if forwarded and host in trusted_proxies:
-        return forwarded.split(",")[0].strip()
-    return host
-
-
-class ChatService:
-    """What the page needs from the rest of GuardedChat: pipelines per domain and the feedback store."""
-
-    def __init__(self, settings: Optional[BackendSettings] = None, feedback: Optional[FeedbackStore] = None,
-                 page: Optional[PageSettings] = None):
-        self.settings = settings or BackendSettings.from_env()
-        self.page = page or load_settings()
-        self.limiter = RateLimiter(self.page.rate_limit_per_minute)
-        report = load_all()
-        self.domains = report.loaded
-        self.failed = report.failed
-        self._pipelines: dict = {}
-        self._lock = threading.Lock()
-        self._feedback = feedback
-
-    @property
-    def feedback(self) -> FeedbackStore:
-        if self._feedback is None:
-            self._feedback = FeedbackStore()
-        return self._feedback
-
-    def pipeline(self, domain_id: str):
-        with self._lock:
-            if domain_id not in self._pipelines:
-                backend = get_backend(self.settings)
-                self._pipelines[domain_id] = build_pipeline(self.domains[domain_id], backend)
-            return self._pipelines[domain_id]
 
 
 def _text(content) -> str:
@@ -190,7 +124,7 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
     first = service.domains[ids[0]]
     text = LABELS["zh-TW"]
     with gr.Blocks(title="GuardedChat", analytics_enabled=False) as app:
-        last = gr.State({})
+        turns = gr.State({})  # assistant message index → the turn the server recorded there
         with gr.Row():
             domain = gr.Dropdown(choices=[(service.domains[i].title, i) for i in ids], value=ids[0], label=text["domain"])
             language = gr.Radio(["zh-TW", "English"], value="zh-TW", label="介面語言 / Language")
@@ -216,14 +150,15 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 panel = gr.Markdown("**閘門分數**：—\n\n**觸發的防護**：—")
                 status = gr.Markdown("")
 
-        async def respond(question, history, domain_id, request: gr.Request = None):
+        async def respond(question, history, domain_id, turns=None, request: gr.Request = None):
             history = list(history or [])
+            turns = _turns_within(turns, len(history))
             question = str(question or "")
             history.append({"role": "user", "content": question})
             refused = _page_limits(service, question, history, request)
             if refused:
                 history.append({"role": "assistant", "content": _refusal("網頁限制", refused)})
-                yield history, gr.update(), {}
+                yield history, gr.update(), turns
                 return
             history.append({"role": "assistant", "content": ""})
             user = getattr(request, "username", None) if request is not None else None
@@ -236,20 +171,21 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                 async for event in events:
                     if isinstance(event, TextEvent):
                         history[-1] = {"role": "assistant", "content": _text(history[-1]["content"]) + event.text}
-                        yield history, gr.update(), {}
+                        yield history, gr.update(), gr.skip()
                     elif isinstance(event, RefusalEvent):
                         history[-1] = {"role": "assistant",
                                        "content": _refusal(REFUSAL_TITLES.get(event.reason, "已拒絕"), event.text)}
-                        yield history, gr.update(), {}
+                        yield history, gr.update(), gr.skip()
                     elif isinstance(event, FinalEvent):
                         if event.record.sources and not event.record.refused:
                             history[-1] = {"role": "assistant", "content": _text(history[-1]["content"])
                                            + "\n\n" + sources_line(event.record.sources)}
-                        yield history, _panel(event.record, service), {
-                            "domain": domain_id, "question": question, "record": event.record.to_json()}
+                        turns[len(history) - 1] = {"domain": domain_id, "question": question,
+                                                   "record": event.record.to_json()}
+                        yield history, _panel(event.record, service), turns
             except GuardedChatError as exc:  # the engine died or the model failed: say so, keep the page alive
                 history[-1] = {"role": "assistant", "content": _refusal("發生錯誤", str(exc))}
-                yield history, gr.update(), {}
+                yield history, gr.update(), turns
             finally:
                 cancel.set()  # Stop cancels this generator; the turn's thread then stops llama.cpp
 
@@ -260,15 +196,15 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
             chosen = service.domains[domain_id]
             return _greeting(chosen), _scope(chosen), gr.update(samples=_samples(chosen)), {}
 
-        def undo_last(history):
+        def undo_last(history, turns=None):
             history = list(history or [])
             while history and _role(history[-1]) == "assistant":
                 history.pop()
             if history:
                 history.pop()
-            return history
+            return history, _turns_within(turns, len(history))
 
-        async def retry_last(history, domain_id, request: gr.Request = None):
+        async def retry_last(history, domain_id, turns=None, request: gr.Request = None):
             history = list(history or [])
             question = ""
             while history:
@@ -277,16 +213,17 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                     question = _text(item.get("content"))
                     break
             if not question:
-                yield history, gr.update(), {}
+                yield history, gr.update(), _turns_within(turns, len(history))
                 return
-            async for update in respond(question, history, domain_id, request):
+            async for update in respond(question, history, domain_id, turns, request):
                 yield update
 
-        def rate(data: gr.LikeData, history, state, note):
-            return _store(service, state, "up" if data.liked else "down", history, note), ""
+        def rate(data: gr.LikeData, turns, note):
+            index = data.index if isinstance(data.index, int) else data.index[0]
+            return _store(service, turns, index, "up" if data.liked else "down", note), ""
 
-        def mark_should_answer(history, state, note):
-            return _store(service, state, "should_answer", history, note), ""
+        def mark_should_answer(history, turns, note):
+            return _store(service, turns, len(history or []) - 1, "should_answer", note), ""
 
         def relabel(choice):
             labels = LABELS[choice]
@@ -297,16 +234,16 @@ def create_app(service: Optional[ChatService] = None) -> gr.Blocks:
                     gr.update(label=labels["examples"]), gr.update(label=labels["download"]),
                     gr.update(label=labels["comment"], placeholder=labels["comment_placeholder"]))
 
-        submitted = gr.on([message.submit, send.click], respond, [message, chatbot, domain], [chatbot, panel, last])
+        submitted = gr.on([message.submit, send.click], respond, [message, chatbot, domain, turns], [chatbot, panel, turns])
         gr.on([message.submit, send.click], clear_box, None, message)
         stop.click(None, None, None, cancels=[submitted])
-        retry.click(retry_last, [chatbot, domain], [chatbot, panel, last])
-        undo.click(undo_last, chatbot, chatbot)
-        clear.click(lambda d: (_greeting(service.domains[d]), {}), domain, [chatbot, last])
-        domain.change(switch, domain, [chatbot, scope, examples, last])
+        retry.click(retry_last, [chatbot, domain, turns], [chatbot, panel, turns])
+        undo.click(undo_last, [chatbot, turns], [chatbot, turns])
+        clear.click(lambda d: (_greeting(service.domains[d]), {}), domain, [chatbot, turns])
+        domain.change(switch, domain, [chatbot, scope, examples, turns])
         examples.click(lambda sample: sample[0], examples, message)
-        chatbot.like(rate, [chatbot, last, comment], [status, comment])
-        should_answer.click(mark_should_answer, [chatbot, last, comment], [status, comment])
+        chatbot.like(rate, [turns, comment], [status, comment])
+        should_answer.click(mark_should_answer, [chatbot, turns, comment], [status, comment])
         export_md.click(lambda h, d: _export(h, d, "md"), [chatbot, domain], download, api_name="export_markdown")
         export_json.click(lambda h, d: _export(h, d, "json"), [chatbot, domain], download, api_name="export_json")
         language.change(relabel, language, [domain, chatbot, message, send, stop, retry, undo, clear, should_answer,
@@ -351,26 +288,46 @@ def _export(history, domain_id: str, kind: str) -> str:
     return path
 
 
-def _store(service: ChatService, state: dict, rating: str, history, note: str = "") -> str:
-    if not state:
-        return "（還沒有可評分的回答）"
-    record = state["record"]
-    if rating == "should_answer" and not record.get("refused"):
+# What a rating keeps of the conversation before its turn: the newest messages, this many characters.
+MAX_RATED_CONTEXT_CHARS = 20_000
+
+
+def _conversation(turns: dict, index: int) -> list[dict]:
+    """The conversation up to the rated turn as the server recorded it (answered turns, then this one):
+    nothing a client resends, and no more than MAX_RATED_CONTEXT_CHARS of it."""
+    messages: list[dict] = []
+    for at in sorted(i for i in turns if i < index and not turns[i]["record"].get("refused")) + [index]:
+        messages += [{"role": "user", "content": turns[at]["question"]},
+                     {"role": "assistant", "content": turns[at]["record"]["answer"]}]
+    while len(messages) > 2 and sum(len(m["content"]) for m in messages) > MAX_RATED_CONTEXT_CHARS:
+        del messages[:2]
+    return messages
+
+
+def _turns_within(turns, length: int) -> dict:
+    """The recorded turns whose messages are still in a history of `length` messages."""
+    return {index: turn for index, turn in (turns or {}).items() if index < length}
+
+
+def _store(service: ChatService, turns, index: int, rating: str, note: str = "") -> str:
+    turn = (turns or {}).get(index)
+    if turn is None:
+        return "（這則訊息沒有可評分的回答）" if turns else "（還沒有可評分的回答）"
+    if rating == "should_answer" and not turn["record"].get("refused"):
         return "這一題沒有被拒絕，不需要標記。"
     try:
-        _add_feedback(service, state, rating, history, note)
+        _add_feedback(service, turn, _conversation(turns, index), rating, note)
     except GuardedChatError as exc:
         return f"⚠️ {exc}"
     return "已記錄您的回饋，謝謝！"
 
 
-def _add_feedback(service: ChatService, state: dict, rating: str, history, note: str) -> None:
-    record = state["record"]
-    service.feedback.add(domain=state["domain"], rating=rating, question=state["question"], answer=record["answer"],
-                         comment=note or "",
-                         model=record.get("model"), messages=_plain_history(history),
-                         gate_score=(record.get("gate") or {}).get("score"), rails=record.get("rails") or [],
-                         refused=bool(record.get("refused")))
+def _add_feedback(service: ChatService, turn: dict, messages: list[dict], rating: str, note: str) -> None:
+    record = turn["record"]
+    service.feedback.add(domain=turn["domain"], rating=rating, question=turn["question"], answer=record["answer"],
+                         comment=note or "", model=record.get("model"), messages=messages,
+                         sources=record.get("sources") or [], gate_score=(record.get("gate") or {}).get("score"),
+                         rails=record.get("rails") or [], refused=bool(record.get("refused")))
 
 
 def _greeting(domain) -> list[dict]:
@@ -390,6 +347,9 @@ def server_options(page: PageSettings) -> dict:
     options: dict = {}
     if page.users:
         options["auth"] = list(page.users.items())
+    if page.profile in ("showcase", "lab"):
+        # Gradio's run history keeps every answer in the browser's localStorage, past a logout.
+        options["run_history"] = False
     if page.profile == "showcase":
         # Strangers use it: no monitoring dashboard, no run history or API page links, no uploads.
         options.update(enable_monitoring=False, footer_links=["gradio"], max_file_size="1kb")
@@ -422,4 +382,5 @@ def launch(app: Optional[gr.Blocks] = None, service: Optional[ChatService] = Non
     for name, value in server_options(page).items():
         kwargs.setdefault(name, value)
     kwargs.setdefault("inbrowser", page.open_browser)
-    return app.launch(css=CSS, **kwargs)
+    with server_trusts_no_proxy():
+        return app.launch(css=CSS, **kwargs)

@@ -67,14 +67,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_page(folder, page_settings=None):
-    """A real page on a free loopback port, in this process: returns (app, url, feedback store)."""
+def start_page(folder, page_settings=None, settings=None, backend=None):
+    """A real page on a free loopback port, in this process: returns (app, url, feedback store).
+    `settings` (BackendSettings) chooses the model; default: the environment's. `backend` (a
+    ScriptedBackend) replaces the model where its text does not matter."""
     from guardedchat.feedback import FeedbackStore
     from guardedchat.ui import ChatService, create_app, launch
 
     store = FeedbackStore(folder / "feedback.sqlite3")
     port = free_port()
-    service = ChatService(feedback=store, page=page_settings)
+    service = ChatService(settings, feedback=store, page=page_settings, backend=backend)
     app = create_app(service)
     launch(app, service, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False)
     return app, f"http://127.0.0.1:{port}/", store

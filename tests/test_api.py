@@ -25,12 +25,12 @@ from guardedchat.api_keys import ApiKeys
 from guardedchat.backend import CompletionPrompt, SamplingSettings
 from guardedchat.domains import load_domain
 from guardedchat.engine import EngineSettings, OpenAICompatBackend
-from guardedchat.errors import BackendError
+from guardedchat.errors import BackendError, ConfigError
 from guardedchat.grounding import QUOTE_HEADING
 from guardedchat.runtime import BackendSettings
 from guardedchat.settings import PageSettings
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, ScriptedBackend, free_port, run_cli
 
 pytestmark = pytest.mark.model
 SECRET = "SL-2026-紅鯉"
@@ -48,11 +48,11 @@ class _Server(uvicorn.Server):
 class Served:
     """Our page + API in this process, on a free port, until stop()."""
 
-    def __init__(self, settings=None, page=None, keys=None):
+    def __init__(self, settings=None, page=None, keys=None, backend=None):
         from guardedchat.api import create_server, server_stack
         from guardedchat.ui import ChatService
 
-        self.service = ChatService(settings or BackendSettings(), page=page or PageSettings())
+        self.service = ChatService(settings or BackendSettings(), page=page or PageSettings(), backend=backend)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_server(self.service, keys if keys is not None else ApiKeys())
@@ -149,7 +149,8 @@ def test_answer_with_sources_streaming_and_not(served):
     assert (choice.finish_reason, choice.message.role) == ("stop", "assistant")
     assert choice.message.content.startswith(QUOTE_HEADING) and "首任台灣巡撫" in choice.message.content
     extension = reply.model_extra["guardedchat"]
-    assert extension["sources"][0] == {"number": 1, "doc": "liu-mingchuan", "title": "劉銘傳", "cited": True}
+    assert extension["sources"][0] == {"number": 1, "doc": "liu-mingchuan", "title": "劉銘傳",
+                                       "works": ["《清史稿·劉銘傳傳》", "《劉壯肅公奏議》", "連橫《臺灣通史》"], "cited": True}
     assert (extension["refused"], extension["reason"], extension["model_called"]) == (False, "quoted", False)
     assert extension.pop("timings")["total_ms"] > 0
     assert streamed(served.client(), "台灣第一任巡撫是誰？") == (choice.message.content, "stop", extension)
@@ -190,6 +191,11 @@ BAD_REQUESTS = [
      "request_too_large", "請求太大（上限 256 KB）。修正：縮短訊息或對話紀錄。"),
     ({"model": "guardedchat-mingqing", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, None,
      "stream 必須是 true 或 false。"),
+    (b'{"model": "guardedchat-mingqing", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "invalid_text",
+     "messages[0].content 在第 1 個字元有單獨的 UTF-16 代理碼（例如 \\ud800），不是合法的 Unicode 文字。"),
+    (b'{"model": "guardedchat-mingqing", "stream": true, "messages": [{"role": "user", "content": "\\u9ad4\\udfff"}]}',
+     400, "invalid_text", "messages[0].content 在第 2 個字元有單獨的 UTF-16 代理碼"),
+    (b"[" * 100_000, 400, "invalid_json", "請求內容的 JSON 巢狀層數太深。"),
 ]
 
 
@@ -266,6 +272,92 @@ def test_serve_command_starts_page_and_api_on_one_port():
     assert out.startswith(f"GuardedChat：網頁 http://127.0.0.1:{port}/　API http://127.0.0.1:{port}/v1")
 
 
+def start_serve(env: dict) -> tuple[subprocess.Popen, str]:
+    """`guardedchat serve` in a subprocess with these settings, once its API answers."""
+    import os
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "guardedchat.cli", "serve", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            httpx.get(url + "/v1/models", timeout=2)
+            return process, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("guardedchat serve did not start")
+
+
+def test_serve_believes_no_forwarded_for_without_a_trusted_proxy(tmp_path):
+    """uvicorn would believe x-forwarded-for from 127.0.0.1; our trusted_proxies is empty: one client."""
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("rate_limit_per_minute: 2\n", encoding="utf-8")
+    process, url = start_serve({"GUARDEDCHAT_PROFILE": "showcase", "GUARDEDCHAT_SETTINGS": str(settings)})
+    try:
+        statuses = [httpx.post(url + "/v1/chat/completions", json={}, timeout=30,
+                               headers={"x-forwarded-for": f"10.9.0.{i}"}).status_code for i in range(3)]
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert statuses == [400, 400, 429]
+
+
+def test_serve_stops_when_the_configured_key_file_is_missing(tmp_path):
+    missing = tmp_path / "keys.yaml"
+    result = run_cli("serve", "--port", str(free_port()), env={"GUARDEDCHAT_API_KEYS": str(missing)}, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"錯誤：找不到 API 金鑰檔 {missing}（GUARDEDCHAT_API_KEYS 指定的檔案），API 不會在沒有金鑰檔時開放，所以伺服器沒有啟動。"
+        f"修正：用 `guardedchat api-key create --name 名稱 --file {missing}` 建立金鑰，或把 GUARDEDCHAT_API_KEYS "
+        "改成正確的路徑（不需要金鑰時取消這個設定）。")
+
+
+@pytest.mark.parametrize("content,status", [(None, "missing"), ("keys: []\n", 401), ("keys: [\n", "unreadable")])
+def test_a_configured_key_file_never_leaves_the_api_open(tmp_path, monkeypatch, content, status):
+    path = tmp_path / "keys.yaml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    monkeypatch.setenv("GUARDEDCHAT_API_KEYS", str(path))
+    if not isinstance(status, int):
+        with pytest.raises(ConfigError, match=("找不到" if status == "missing" else "無法讀取") + f" API 金鑰檔 {path}"):
+            ApiKeys.from_env()
+        return
+    server = Served(keys=ApiKeys.from_env())
+    try:
+        assert httpx.get(server.url + "/v1/models", timeout=10).status_code == status
+    finally:
+        server.stop()
+
+
+class FailingBackend(ScriptedBackend):
+    """An engine that goes away after the first piece of every answer."""
+
+    def stream(self, prompt, settings, cancel=None):
+        yield "海"
+        raise BackendError("推論伺服器 http://127.0.0.1:9/v1 連不上（ConnectError）。")
+
+
+def test_turns_that_fail_still_get_an_audit_line(tmp_path, monkeypatch):
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("GUARDEDCHAT_AUDIT_LOG", str(audit))
+    server = Served(backend=FailingBackend(chat_template=True))
+    try:
+        with pytest.raises(APIError, match="連不上"):
+            ask(server.client(), "海瑞是誰？")
+        with pytest.raises(APIError, match="連不上"):
+            streamed(server.client(), "海瑞是誰？")
+        ask(server.client(), "推薦台北的牛肉麵")
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
+    assert [(line["domain"], line["refused"], line["reason"], line["model"]) for line in lines] == [
+        ("mingqing", False, "engine_error", "scripted"), ("mingqing", False, "engine_error", "scripted"),
+        ("mingqing", True, "out_of_scope", None)]
+
+
 def test_a_lab_page_behind_a_login_never_gets_an_open_api():
     server = Served(page=PageSettings(profile="lab", login_required=True, users={"ada": "pw"}))
     try:
@@ -296,7 +388,7 @@ def test_readme_openai_example(served):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == QUOTE_HEADING and "stop [" in result.stdout and "content_filter" in lines[-1]
+    assert lines[0].startswith(QUOTE_HEADING + "〈") and "stop [" in result.stdout and "content_filter" in lines[-1]
 
 
 # -- the engine backend against real servers

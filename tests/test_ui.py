@@ -1,15 +1,21 @@
 """The page, launched for real and driven by gradio_client: chat, refusal, domain switch, feedback."""
 
 import json
+import re
 
+import httpx
 import pytest
 from gradio_client import Client
+from starlette.requests import Request
 
 from guardedchat.feedback import FeedbackStore
+from guardedchat.grounding import sources_line
 from guardedchat.settings import PageSettings, load_settings
 from guardedchat.errors import InputError
+from guardedchat.service import client_address
+from guardedchat.ui import server_options
 
-from .conftest import free_port, start_page
+from .conftest import ScriptedBackend, free_port, start_page
 
 pytestmark = pytest.mark.model
 
@@ -36,7 +42,8 @@ def test_in_scope_question_streams_an_answer(page):
     history, panel = Client(url, verbose=False).predict("鄭成功如何取得台灣？", [], "mingqing", api_name="/respond")
     (user, question, _), (assistant, answer, title) = texts(history)
     assert (user, question, assistant, title) == ("user", "鄭成功如何取得台灣？", "assistant", None)
-    assert answer.startswith("以下是資料庫中最相關段落的原文（未經模型改寫）：") and "\n\n來源：[1] 鄭成功" in answer
+    assert answer.startswith("摘自資料〈鄭成功〉：「") and "熱蘭遮城" in answer.split("\n\n")[0]
+    assert answer.endswith("\n\n來源：[1] 鄭成功（《清史稿》、連橫《臺灣通史·建國紀》、楊英《從征實錄》）")
     assert "**閘門分數**" in panel and "**回答方式**：引用資料原文（未呼叫模型）" in panel
 
 
@@ -115,6 +122,99 @@ def test_showcase_rate_limit_per_forwarded_client(showcase):
     replies = [last_reply(first, "你好")[1][1] for _ in range(3)]
     assert replies[2] == "您的提問太頻繁了（每分鐘最多 2 則）。請稍候再試。"
     assert last_reply(second, "你好")[1][1].startswith("您好")
+
+
+def like(url, session_hash, history, index, liked, comment=""):
+    """👍 (liked) or 👎 on message `index`, sent as the browser sends it (gradio_client cannot send
+    a like's event data): returns the rating's outputs (status, comment box)."""
+    config = httpx.get(url + "config").json()
+    rate = next(d for d in config["dependencies"] if d.get("api_name") == "rate")
+    kinds = {c["id"]: c["type"] for c in config["components"]}
+    values = {"chatbot": history, "textbox": comment, "state": None}
+    body = {"data": [values[kinds[i]] for i in rate["inputs"]],
+            "event_data": {"index": index, "value": history[index]["content"], "liked": liked},
+            "fn_index": rate["id"], "trigger_id": rate["targets"][0][0], "session_hash": session_hash}
+    event_id = httpx.post(url + "gradio_api/queue/join", json=body, timeout=30).json()["event_id"]
+    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session_hash}, timeout=30) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
+                return message["output"]["data"]
+
+
+def gate_score(panel: str) -> float:
+    return float(re.search(r"\*\*閘門分數\*\*：([0-9.]+)", panel).group(1))
+
+
+def test_each_rating_is_stored_with_the_turn_it_was_given_on(tmp_path):
+    """Three turns (two answers, then a refusal); 👍 on the first answer, 👎 on the second."""
+    backend = ScriptedBackend(["海瑞是明朝的清官[1]。", "鄭和七次下西洋[1]。"], chat_template=True)
+    app, url, store = start_page(tmp_path, backend=backend)
+    try:
+        client = Client(url, verbose=False)
+        history, panels = [], []
+        for question in ("海瑞是誰？", "鄭和下西洋幾次？", "推薦台北的牛肉麵"):
+            history, panel = client.predict(question, history, "mingqing", api_name="/respond")
+            panels.append(panel)
+        statuses = [like(url, client.session_hash, history, 1, True, "清楚"),
+                    like(url, client.session_hash, history, 3, False), like(url, client.session_hash, history, 2, True)]
+    finally:
+        app.close()
+    rows = FeedbackStore(tmp_path / "feedback.sqlite3").rows()
+    assert [(r["rating"], r["comment"], r["question"], r["answer"], r["model"], r["gate_score"], r["refused"])
+            for r in rows] == [
+        ("up", "清楚", "海瑞是誰？", "海瑞是明朝的清官[1]。", "scripted", gate_score(panels[0]), False),
+        ("down", "", "鄭和下西洋幾次？", "鄭和七次下西洋[1]。", "scripted", gate_score(panels[1]), False)]
+    shown = [texts(history)[i][1] for i in (1, 3)]
+    assert [r["answer"] + "\n\n" + sources_line(r["sources"]) for r in rows] == shown  # the sources it showed
+    assert [m["content"] for m in rows[1]["messages"]] == ["海瑞是誰？", "海瑞是明朝的清官[1]。", "鄭和下西洋幾次？",
+                                                          "鄭和七次下西洋[1]。"]
+    assert statuses == [["已記錄您的回饋，謝謝！", ""], ["已記錄您的回饋，謝謝！", ""], ["（這則訊息沒有可評分的回答）", ""]]
+
+
+@pytest.fixture(scope="module")
+def open_showcase(tmp_path_factory):
+    """A showcase with no trusted proxy (the default) on the scripted model."""
+    settings = PageSettings(profile="showcase", show_panel=False, rate_limit_per_minute=2, max_message_chars=30)
+    app, url, _ = start_page(tmp_path_factory.mktemp("open-showcase"), settings, backend=ScriptedBackend())
+    yield url
+    app.close()
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(open_showcase):
+    """Three clients, each naming another address: all are one client (the server did not believe them)."""
+    replies = [last_reply(Client(open_showcase, verbose=False, headers={"x-forwarded-for": f"10.9.0.{i}"}), "你好")[1][1]
+               for i in range(3)]
+    assert replies[2] == "您的提問太頻繁了（每分鐘最多 2 則）。請稍候再試。"
+
+
+def starlette_request(peer, forwarded):
+    headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+    return Request({"type": "http", "client": (peer, 50000), "headers": headers})
+
+
+@pytest.mark.parametrize("peer,forwarded,trusted,address", [
+    ("127.0.0.1", ["10.0.0.1"], [], "127.0.0.1"),
+    ("127.0.0.1", ["10.0.0.1"], ["127.0.0.1"], "10.0.0.1"),
+    ("127.0.0.1", ["6.6.6.6, 10.0.0.1"], ["127.0.0.1"], "10.0.0.1"),  # the client wrote 6.6.6.6 itself
+    ("127.0.0.1", ["6.6.6.6", "10.0.0.1"], ["127.0.0.1"], "10.0.0.1"),  # repeated headers count as one list
+    ("127.0.0.1", ["6.6.6.6, 10.0.0.1, 10.1.1.1"], ["127.0.0.1", "10.1.1.1"], "10.0.0.1"),  # two proxies
+    ("10.0.0.9", ["6.6.6.6"], ["127.0.0.1"], "10.0.0.9"),
+    ("127.0.0.1", [], ["127.0.0.1"], "127.0.0.1"),
+])
+def test_client_address_believes_only_our_trusted_proxies(peer, forwarded, trusted, address):
+    assert client_address(starlette_request(peer, forwarded), trusted) == address
+
+
+@pytest.mark.parametrize("profile,run_history", [("desktop", None), ("showcase", False), ("lab", False)])
+def test_run_history_is_off_where_others_use_the_page(profile, run_history):
+    assert server_options(PageSettings(profile=profile)).get("run_history") == run_history
+
+
+def test_showcase_page_keeps_no_run_history(open_showcase):
+    """Gradio's run history would keep every answer in the browser's localStorage, past a logout."""
+    assert httpx.get(open_showcase + "config", timeout=10).json()["run_history"] is False
+    assert httpx.get(open_showcase + "gradio_api/runs", timeout=10).status_code == 404
 
 
 @pytest.mark.parametrize("profile,env,message", [
