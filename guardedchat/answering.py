@@ -30,6 +30,7 @@ COMMON_NAME_SHARE = 0.3  # a name in more documents than this (RISC-V, 明朝) s
 LOOSE_CHARACTER_WEIGHT = 0.75  # a character of the question no document word holds
 PARTIAL_CREDIT = 0.5      # a word's characters found apart count for at most this much of it
 LATER_BONUS = 0.2         # at most, for the last sentence of a document, when the question asks what came later
+SHOWN_SHARE = 0.6         # a sentence whose character pairs were mostly in the last answer was shown already
 MAX_WORD = 6              # the longest run of a question looked up whole in the documents
 SHORT_SENTENCE = 24      # an answering sentence shorter than this is shown with the next one
 CANDIDATE_DOCUMENTS = 5
@@ -92,6 +93,7 @@ class AnswerIndex:
         self.passage_norms = [_norm(text) for text in index.texts]
         self.about = self._names_from_titles()
         self._add_names(extra_names, alias_groups)
+        self._add_variants()
         self.names = sorted(_without_compounds(self.about), key=len, reverse=True)
         self.common = {name for name in self.names if index.document_frequency(name) > COMMON_NAME_SHARE}
         self._df: dict[str, int] = {}
@@ -117,6 +119,15 @@ class AnswerIndex:
             if docs:
                 for form in forms:
                     self.about.setdefault(form, set()).update(docs)
+
+    def _add_variants(self) -> None:
+        """A name of several words in its synonyms' forms too: c 擴充 → c extension, c 擴展."""
+        for name, docs in list(self.about.items()):
+            parts = name.split(" ")
+            for k, part in enumerate(parts if docs and len(parts) > 1 else ()):
+                for form in self.synonyms.forms(part):
+                    if form != part:
+                        self.about.setdefault(" ".join(parts[:k] + [form] + parts[k + 1:]), set()).update(docs)
 
     def documents(self, name: str) -> tuple[set[str], set[str]]:
         """(documents about the name, documents that name it)."""
@@ -467,16 +478,21 @@ def _about(answer_index: AnswerIndex, question: Question, subjects: Sequence[str
 
 
 def _after_conversation(answer_index: AnswerIndex, sentences: list[int], history: Sequence[dict]) -> Optional[int]:
-    """The sentence after the one the last answer most resembles (the document's last paragraph
-    when there is no answer to follow)."""
+    """The first sentence after the one the last answer most resembles that the user has not been
+    shown yet (a quoted answer shows its whole passage); the document's last passage when there
+    is no answer to follow."""
     said = next((str(m.get("content") or "") for m in reversed(history)
                  if isinstance(m, dict) and m.get("role") == "assistant"), "")
     if not said:
-        return answer_index.sentences[sentences[-1]].row and _first_of_row(answer_index, sentences[-1])
-    said_bigrams = _bigrams(normalize_text(said))
-    overlap = [len(said_bigrams & _bigrams(answer_index.sentences[i].norm)) for i in sentences]
-    anchor = max(range(len(sentences)), key=lambda k: (overlap[k], -k))
-    return sentences[anchor + 1] if anchor + 1 < len(sentences) else None
+        return _first_of_row(answer_index, sentences[-1])
+    said_bigrams = _bigrams(_norm(said))
+    seen = [len(said_bigrams & _bigrams(answer_index.sentences[i].norm)) for i in sentences]
+    anchor = max(range(len(sentences)), key=lambda k: (seen[k], -k))
+    for k in range(anchor + 1, len(sentences)):
+        own = _bigrams(answer_index.sentences[sentences[k]].norm)
+        if len(own & said_bigrams) < SHOWN_SHARE * len(own):
+            return sentences[k]
+    return None
 
 
 def _first_of_row(answer_index: AnswerIndex, i: int) -> int:

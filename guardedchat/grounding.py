@@ -172,5 +172,5 @@ def sources_line(sources: Sequence[dict], with_doc: bool = False) -> str:
 
 
 def _source_detail(source: dict, with_doc: bool) -> str:
-    parts = ([source["doc"]] if with_doc else []) + list(source.get("works") or [])
-    return f"（{'、'.join(parts)}）" if parts else ""
+    works = f"（{'、'.join(source['works'])}）" if source.get("works") else ""
+    return works + (f" — {source['doc']}.md" if with_doc else "")

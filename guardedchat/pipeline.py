@@ -98,6 +98,7 @@ class Pipeline:
     def __init__(self, domain: Domain, backend: ChatBackend, *,
                  input_checks: Sequence[InputCheck] = (check_not_empty,),
                  stream_stages: Sequence[Callable[[], StreamStage]] = (),
+                 quote_stages: Optional[Sequence[Callable[[], StreamStage]]] = None,
                  output_check: Optional[Callable[[str, str], Optional[Verdict]]] = None,
                  retrieve: Optional[Callable[..., Optional[Grounding]]] = None,
                  answer_mode: str = "auto",
@@ -106,6 +107,9 @@ class Pipeline:
         self.backend = backend
         self.input_checks = list(input_checks)
         self.stream_stages = list(stream_stages)
+        # Quoted document text is shown as written: the guards run on it, the normalizer does not
+        # (the documents are the domain's own text: 保存 in a quote stays 保存). Default: every stage.
+        self.quote_stages = list(stream_stages if quote_stages is None else quote_stages)
         self.output_check = output_check
         self.retrieve = retrieve
         if answer_mode not in ANSWER_MODES:
@@ -157,7 +161,7 @@ class Pipeline:
             yield from self._answer_without_model(message, text, "abstained", [], record, started, abstained=True)
         else:
             yield from self._answer_without_model(message, quote_answer(grounding), "quoted", grounding.passages,
-                                                  record, started)
+                                                  record, started, stages=self.quote_stages)
 
     def _quotes(self, info) -> bool:
         # A base model without a chat template invents facts even with passages in its prompt:
@@ -165,9 +169,10 @@ class Pipeline:
         return self.answer_mode == "quote" or (self.answer_mode == "auto" and not info.has_chat_template)
 
     def _answer_without_model(self, message: str, text: str, reason: str, passages, record: TurnRecord,
-                              started: float, abstained: bool = False) -> Iterator[Event]:
-        """Our own text (a quote or "not found"), through the same stream stages as model text."""
-        stages = [make() for make in self.stream_stages]
+                              started: float, abstained: bool = False, stages=None) -> Iterator[Event]:
+        """Our own text (a quote or "not found"), through the same stream stages as model text
+        (a quote through the quote stages)."""
+        stages = [make() for make in (self.stream_stages if stages is None else stages)]
         try:
             shown = _through(stages, text) + _flush(stages)
         except OutputBlocked as blocked:

@@ -91,6 +91,7 @@ def build_pipeline(domain: Domain, backend, audit: Optional[AuditLog] = None,
         raise InputError(f"GUARDEDCHAT_ANSWER_MODE 是 '{mode}'，不認得。修正：用 {' | '.join(ANSWER_MODES)} 之一。")
     return AuditedPipeline(domain, backend, input_checks=[rails.input_check],
                            stream_stages=[normalizer.stream, lambda: OutputGuard(checks)],
+                           quote_stages=[lambda: OutputGuard(checks)],
                            output_check=rails.output_check, retrieve=retriever, answer_mode=mode,
                            on_record=[audit or AuditLog.from_env()])
 

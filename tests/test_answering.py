@@ -154,3 +154,32 @@ def test_cli_eval_answers_scores_what_the_user_sees(tmp_path):
     summary = report["summary"]
     assert (summary["fact_in_answer"], summary["abstained_when_unanswerable"], summary["refused"]) == (1.0, 0.5, 0.3333)
     assert summary["baseline"]["fact_in_answer"] == 0.0 and summary["baseline"]["abstained_when_unanswerable"] == 0.0 and set(summary["by_qtype"]) == {"why", "what"}
+
+
+def test_quoted_document_text_is_shown_as_written(scripted):
+    """The normalizer would turn the document's 項目 into 專案; a quote is the document's own words."""
+    from guardedchat.pipeline import FinalEvent, TextEvent
+    from guardedchat.runtime import build_pipeline
+
+    domain = load_domain(ROOT / "domains/riscv")
+    pipeline = build_pipeline(domain, scripted(["不該出現"], chat_template=False), answer_mode="quote")
+    events = list(pipeline.run("RISC-V 的 PMP 是什麼？"))
+    shown = "".join(event.text for event in events if isinstance(event, TextEvent))
+    assert "64 組 PMP 項目" in shown and "專案" not in shown
+    assert isinstance(events[-1], FinalEvent) and events[-1].record.reason == "quoted"
+
+
+@pytest.mark.parametrize("domain_id,question,history,first_line", [
+    # English names of a multi-word title: C 擴充 ↔ C extension.
+    ("riscv", "What does the C extension do?", (),
+     "摘自資料〈C 擴充：16 位元壓縮指令〉：「C 擴充加入 16 位元長的壓縮指令，每一條都對應到一條既有的 32 位元指令，"
+     "例如 c.addi、c.lw、c.j、c.mv。」[1]"),
+    # "And then?" moves past what the last answer already showed (its whole passage).
+    ("mingqing", "他後來呢？", [{"role": "user", "content": "鄭成功是誰？"},
+                               {"role": "assistant", "content": "摘自資料〈鄭成功〉：「鄭成功（1624–1662），本名森，字明儼，福建南安人，"
+                                "生於日本平戶，父親是鄭芝龍，母親是日本人田川氏，七歲回到福建。」[1]\n\n前後文：「南明隆武帝賜他國姓朱，"
+                                "改名成功，所以人稱「國姓爺」。」[1]"}],
+     "摘自資料〈鄭成功〉：「1646 年鄭芝龍降清，鄭成功在南澳起兵抗清，以廈門、金門為根據地，奉永曆年號，受封延平郡王。」[1]"),
+])
+def test_names_and_follow_ups_from_a_new_users_session(domain_id, question, history, first_line):
+    assert answer(domain_id, question, history).split("\n\n")[0] == first_line

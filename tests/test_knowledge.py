@@ -139,7 +139,7 @@ def test_sources_carry_the_works_each_document_cites():
         {"number": 1, "doc": "a", "title": "甲", "works": ["《明史》", "《國榷》"], "cited": True},
         {"number": 2, "doc": "b", "title": "乙", "works": [], "cited": False}]
     assert sources_line(sources_of(passages, "…[1]…")) == "來源：[1] 甲（《明史》、《國榷》）"
-    assert sources_line(sources_of(passages, "…[1]…"), with_doc=True) == "來源：[1] 甲（a、《明史》、《國榷》）"
+    assert sources_line(sources_of(passages, "…[1]…"), with_doc=True) == "來源：[1] 甲（《明史》、《國榷》） — a.md"
     assert sources_line(sources_of(passages, "")) == "參考資料：[1] 甲（《明史》、《國榷》）；[2] 乙"
 
 
@@ -273,7 +273,7 @@ def test_cli_ask_quotes_and_cites_with_the_default_model():
     assert not record["abstained"]
     text = run_cli("ask", "--domain", "riscv", "mtimecmp 是做什麼的？").stdout
     assert text.startswith("摘自資料〈中斷控制器：CLINT、PLIC 與 AIA〉：「") and "mtimecmp" in text.split("\n")[0]
-    assert text.rstrip().endswith("來源：[1] 中斷控制器：CLINT、PLIC 與 AIA（interrupts、" + "、".join(works) + "）")
+    assert text.rstrip().endswith("來源：[1] 中斷控制器：CLINT、PLIC 與 AIA（" + "、".join(works) + "） — interrupts.md")
 
 
 @pytest.mark.model
