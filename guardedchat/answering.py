@@ -538,18 +538,10 @@ def _opening_naming(answer_index: AnswerIndex, docs: set[str], name: str) -> Opt
 
 
 def _rows_in_order(answer_index: AnswerIndex, scored: list[Scored]) -> list[int]:
-    rows: list[int] = []
-    for candidate in scored:
-        row = answer_index.sentences[candidate.sentence].row
-        if row not in rows:
-            rows.append(row)
-    return rows
+    """The passages of the scored sentences, best first, each once."""
+    return list(dict.fromkeys(answer_index.sentences[candidate.sentence].row for candidate in scored))
 
 
 def _docs_in_order(answer_index: AnswerIndex, scored: list[Scored]) -> list[str]:
-    docs: list[str] = []
-    for candidate in scored:
-        doc = answer_index.sentences[candidate.sentence].doc
-        if doc not in docs:
-            docs.append(doc)
-    return docs
+    """The documents of the scored sentences, best first, each once."""
+    return list(dict.fromkeys(answer_index.sentences[candidate.sentence].doc for candidate in scored))
