@@ -22,6 +22,7 @@ os.environ.setdefault("GUARDEDCHAT_AUDIT_LOG", "off")
 
 from guardedchat.domains import get_domain  # noqa: E402
 from guardedchat.pipeline import FinalEvent, TextEvent, sampling  # noqa: E402
+from guardedchat.grounding import Retriever  # noqa: E402
 from guardedchat.prompt import build_prompt  # noqa: E402
 from guardedchat.runtime import BackendSettings, build_pipeline, get_backend  # noqa: E402
 
@@ -71,11 +72,15 @@ def guarded_turn(pipeline, question):
     return record.timings["first_token_ms"], record.timings.get("tokens_per_s", 0.0), (first - started) * 1000
 
 
-def raw_turn(backend, domain, question):
+def raw_turn(backend, domain, question, retriever):
     llm = backend._model()
     info = backend.info()
+    # The same prompt the pipeline builds: the same passages from the domain's documents, so the
+    # comparison is the pipeline's overhead, not a shorter prompt.
+    grounding = retriever(domain, [], question)
     prompt = build_prompt(domain, [], question, chat_template=info.has_chat_template,
-                          count_tokens=backend.count_tokens, n_ctx=info.n_ctx)
+                          count_tokens=backend.count_tokens, n_ctx=info.n_ctx,
+                          passages=grounding.passages if grounding else ())
     s = sampling(domain)
     started = time.perf_counter()
     first, tokens = None, 0
@@ -110,13 +115,15 @@ def main():
     domain = get_domain("mingqing")
     backend = get_backend(BackendSettings.from_env())
     pipeline = build_pipeline(domain, backend, answer_mode="generate")  # the model writes; raw is the baseline
-    list(pipeline.run("海瑞是誰？"))  # warm up: model, gate, NeMo, converters
+    list(pipeline.run("海瑞是誰？"))  # warm up: model, gate, NeMo, converters, the documents' index
+    retriever = Retriever(domain)
     refusal = refusals(pipeline, args.refusals)
     guarded, raw = [], []
     for i in range(args.turns):
         question = QUESTIONS[i % len(QUESTIONS)]
         # Alternate the order so neither side always gets llama.cpp's prompt cache.
-        pair = [("raw", lambda: raw_turn(backend, domain, question)), ("guarded", lambda: guarded_turn(pipeline, question))]
+        pair = [("raw", lambda: raw_turn(backend, domain, question, retriever)),
+                ("guarded", lambda: guarded_turn(pipeline, question))]
         for name, run in (pair if i % 2 else reversed(pair)):
             (raw if name == "raw" else guarded).append(run())
     cases = [json.loads(l) for l in (ROOT / "eval" / "redteam.jsonl").read_text("utf-8").splitlines()]
